@@ -10,6 +10,10 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class ClinsumError(Exception):
     """A user-facing error: the CLI prints its message (which names the file) and exits 1."""
 
@@ -35,6 +39,7 @@ def atomic_path(path: str | os.PathLike, mode: str = "w"):
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
             yield handle
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get the usual mode
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
