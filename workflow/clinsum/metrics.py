@@ -1,0 +1,129 @@
+"""The task's metrics: ROUGE-1/2/L/Lsum (rouge-score) and BERTScore (bert-score), per document.
+
+The paper's evaluation of Table 4 (distil-tuning-llm, `analysis/evaluate_test_unofficial.py`) calls
+Hugging Face `evaluate`'s "rouge", which wraps rouge-score's `RougeScorer` with its defaults:
+`use_stemmer=False`, the default tokenizer, and ROUGE-Lsum on the text's own newlines (no sentence
+splitter). We do the same, so our numbers stay comparable with the paper's.
+
+rouge-score's default tokenizer keeps only `[a-z0-9]` after lowercasing: every non-ASCII letter
+(é, ã, ñ, ç ...) is a token boundary, so "diagnóstico" becomes "diagn" + "stico". The "multilingual"
+tokenizer keeps Unicode letters and digits instead; results made with it are labelled as such.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+ROUGE_KEYS = tuple(f"{kind}_{part}" for kind in ROUGE_TYPES for part in ("p", "r", "f"))
+BERTSCORE_KEYS = ("bertscore_p", "bertscore_r", "bertscore_f")
+TOKENIZERS = ("default", "multilingual")
+# The paper's evaluation used rouge-score through `evaluate`, whose default is no stemming.
+USE_STEMMER = False
+
+
+class MultilingualTokenizer:
+    """Lowercased runs of Unicode word characters (letters, digits, underscore); no stemming.
+
+    rouge-score's Porter stemmer is English-only, so it is not applied to other languages' words.
+    """
+
+    _WORD = re.compile(r"\w+", re.UNICODE)
+
+    def tokenize(self, text: str) -> list[str]:
+        return self._WORD.findall(text.lower())
+
+
+def rouge_tokenizer(name: str):
+    """The tokenizer object RougeScorer takes (None selects rouge-score's default tokenizer)."""
+    if name == "default":
+        return None
+    if name == "multilingual":
+        return MultilingualTokenizer()
+    raise ValueError(f"unknown ROUGE tokenizer {name!r}; expected one of {', '.join(TOKENIZERS)}")
+
+
+def _check_pairs(predictions: list[str], references: list[str]) -> None:
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+
+
+def rouge_scores(
+    predictions: list[str],
+    references: list[str],
+    tokenizer: str = "default",
+    use_stemmer: bool = USE_STEMMER,
+) -> list[dict]:
+    """ROUGE-1/2/L/Lsum precision, recall and F1 per document, as floats in [0, 1].
+
+    ROUGE-Lsum treats each newline-separated line as a sentence (rouge-score's own convention). An
+    empty prediction scores 0 on every ROUGE key.
+    """
+    from rouge_score import rouge_scorer
+
+    _check_pairs(predictions, references)
+    scorer = rouge_scorer.RougeScorer(
+        list(ROUGE_TYPES), use_stemmer=use_stemmer, tokenizer=rouge_tokenizer(tokenizer)
+    )
+    rows = []
+    for prediction, reference in zip(predictions, references):
+        scores = scorer.score(reference, prediction)  # rouge-score takes (target, prediction)
+        row = {}
+        for kind in ROUGE_TYPES:
+            score = scores[kind]
+            row[f"{kind}_p"] = float(score.precision)
+            row[f"{kind}_r"] = float(score.recall)
+            row[f"{kind}_f"] = float(score.fmeasure)
+        rows.append(row)
+    return rows
+
+
+def bertscore(
+    predictions: list[str],
+    references: list[str],
+    model_path: str,
+    num_layers: int,
+    batch_size: int = 16,
+    device: str = "cpu",
+) -> list[dict]:
+    """BERTScore precision, recall and F1 per document (raw cosine scores: no baseline rescaling, no idf).
+
+    `model_path` is a local model directory: bert-score passes `model_type` to transformers'
+    `from_pretrained`, which loads a directory offline. bert-score looks the layer count up by model
+    name, which fails for a path, so `num_layers` is explicit (the paper's distilbert-base-uncased: 5,
+    bert-score's own choice for it; all-MiniLM-L6-v2: 6). Inputs longer than the encoder's
+    `model_max_length` are truncated by bert-score. An empty prediction scores 0.
+    """
+    import bert_score
+
+    _check_pairs(predictions, references)
+    if not predictions:
+        return []
+    precision, recall, f1 = bert_score.score(
+        predictions,
+        references,
+        model_type=str(model_path),
+        num_layers=int(num_layers),
+        batch_size=int(batch_size),
+        device=device,
+        idf=False,
+        rescale_with_baseline=False,
+        verbose=False,
+    )
+    rows = []
+    for prediction, p, r, f in zip(predictions, precision.tolist(), recall.tolist(), f1.tolist()):
+        if not prediction.strip():
+            # bert-score already zeroes P and R for an empty candidate; make F1 explicit too.
+            p = r = f = 0.0
+        rows.append({"bertscore_p": float(p), "bertscore_r": float(r), "bertscore_f": float(f)})
+    return rows
+
+
+def mean_scores(rows: Iterable[dict]) -> dict:
+    """The mean of every numeric key over the rows (non-numeric keys such as "id" are skipped)."""
+    rows = list(rows)
+    if not rows:
+        return {}
+    keys = [key for key, value in rows[0].items() if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    return {key: sum(float(row[key]) for row in rows) / len(rows) for key in keys}

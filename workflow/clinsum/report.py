@@ -1,0 +1,551 @@
+"""Report and submission: the paper's Table 4, paired bootstrap intervals, figures, and upload files.
+
+`clinsum report` reads every `results/eval/{model}/{lang}.json` and each variant's `train_log.csv`
+and writes `results/report/`: table4.md/.csv (rows language x model; BERTScore P/R/F1 and ROUGE
+R-1/R-2/R-L/R-Lsum F1, x100 with 2 decimals, best per column and language in bold), bootstrap.md/.csv
+(paired bootstrap 95% CI of per-document differences), bars/{lang}.png, training_curves.png and a
+self-contained index.html.
+
+`clinsum submission` writes one model's predictions as MultiClinSum upload files (see `write_submission`).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import math
+import re
+from pathlib import Path
+
+from .io import ClinsumError, atomic_path, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+LANG_NAMES = {"en": "English", "es": "Spanish", "fr": "French", "pt": "Portuguese"}
+# (eval key, column label): the paper's Table 4 columns, in its order.
+BERTSCORE_COLUMNS = [("bertscore_p", "Precision"), ("bertscore_r", "Recall"), ("bertscore_f", "F1")]
+ROUGE_COLUMNS = [("rouge1_f", "R-1"), ("rouge2_f", "R-2"), ("rougeL_f", "R-L"), ("rougeLsum_f", "R-Lsum")]
+TABLE_COLUMNS = BERTSCORE_COLUMNS + ROUGE_COLUMNS
+# The per-document scores the bootstrap compares (the shared task ranked ROUGE-Lsum and BERTScore).
+BOOTSTRAP_METRICS = [("rougeL_f", "ROUGE-L F1"), ("rougeLsum_f", "ROUGE-Lsum F1"), ("bertscore_f", "BERTScore F1")]
+COUNT_KEYS = ["n", "n_unscored", "n_empty_predictions", "n_input_truncated", "n_fp32_fallback"]
+
+
+def lang_name(lang: str) -> str:
+    return LANG_NAMES.get(lang, lang)
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def load_evals(paths: list[str | Path]) -> dict[tuple[str, str], dict]:
+    """(model, lang) -> eval json; all must share one ROUGE tokenizer and one BERTScore model."""
+    evals = {}
+    for path in paths:
+        data = read_json(path)
+        for key in ("model", "lang", "documents", "means", "rouge", "bertscore"):
+            if key not in data:
+                raise ClinsumError(f"{path}: not an evaluation file (no {key!r})")
+        pair = (data["model"], data["lang"])
+        if pair in evals:
+            raise ClinsumError(f"{path}: a second evaluation of model {pair[0]} for {pair[1]}")
+        data["path"] = str(path)
+        evals[pair] = data
+    for what, get in (("ROUGE tokenizer", lambda d: d["rouge"]["tokenizer"]), ("BERTScore model", bertscore_label)):
+        seen = {get(data): data["path"] for data in evals.values()}
+        if len(seen) > 1:
+            raise ClinsumError(f"evaluations disagree on the {what}: " + "; ".join(f"{k} in {v}" for k, v in seen.items()))
+    return evals
+
+
+def bertscore_label(data: dict) -> str:
+    return f"{data['bertscore']['model']} (layer {data['bertscore']['num_layers']})"
+
+
+# ---------------------------------------------------------------- Table 4
+
+
+def table4_rows(evals: dict, models: list[str], languages: list[str]) -> list[dict]:
+    """One row per (language, model), values x100 (None where a language has no scored document)."""
+    rows = []
+    for lang in languages:
+        for model in models:
+            if (model, lang) not in evals:
+                raise ClinsumError(f"no evaluation of model {model} for {lang}")
+            data = evals[(model, lang)]
+            row = {"lang": lang, "model": model, **{key: data.get(key, 0) for key in COUNT_KEYS}}
+            for key, _ in TABLE_COLUMNS:
+                value = data["means"].get(key)
+                row[key] = None if value is None else 100.0 * value
+            rows.append(row)
+    return rows
+
+
+def best_cells(rows: list[dict]) -> set[tuple[str, str, str]]:
+    """(lang, model, column) of the best value per column within each language, compared as shown
+    (2 decimals), so that ties in the table are all bold."""
+    best = set()
+    for lang in dict.fromkeys(row["lang"] for row in rows):
+        group = [row for row in rows if row["lang"] == lang]
+        for key, _ in TABLE_COLUMNS:
+            shown = {row["model"]: round(row[key], 2) for row in group if row[key] is not None}
+            if shown:
+                top = max(shown.values())
+                best.update((lang, model, key) for model, value in shown.items() if value == top)
+    return best
+
+
+def fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def tokenizer_note(evals: dict) -> str:
+    any_eval = next(iter(evals.values()))
+    tokenizer = any_eval["rouge"]["tokenizer"]
+    if tokenizer == "default":
+        rouge = "rouge-score's default tokenizer (ASCII letters and digits only, as the paper; accented letters split words)"
+    else:
+        rouge = f"the {tokenizer} tokenizer (Unicode letters kept; not comparable with the paper's ROUGE)"
+    stem = "with" if any_eval["rouge"].get("use_stemmer") else "no"
+    return (
+        f"ROUGE F1 with {rouge}, {stem} stemming, ROUGE-Lsum on newline-split lines. "
+        f"BERTScore: {bertscore_label(any_eval)}, no baseline rescaling. Values x100."
+    )
+
+
+def table4_markdown(rows: list[dict], note: str) -> str:
+    best = best_cells(rows)
+    header = ["Language", "Model"] + [f"BERTScore {label}" for _, label in BERTSCORE_COLUMNS]
+    header += [label for _, label in ROUGE_COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * len(TABLE_COLUMNS)) + "|"]
+    previous = None
+    for row in rows:
+        cells = [lang_name(row["lang"]) if row["lang"] != previous else "", row["model"]]
+        previous = row["lang"]
+        for key, _ in TABLE_COLUMNS:
+            text = fmt(row[key])
+            cells.append(f"**{text}**" if (row["lang"], row["model"], key) in best else text)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "# Table 4\n\n" + "\n".join(lines) + "\n\n" + note + " Best per column and language in bold.\n"
+
+
+def counts_markdown(rows: list[dict]) -> str:
+    header = "| Language | Model | scored | unscored (no reference) | empty predictions | inputs truncated | fp32 fallbacks |"
+    lines = [header, "|---|---|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        lines.append(f"| {lang_name(row['lang'])} | {row['model']} | " + " | ".join(str(row[k]) for k in COUNT_KEYS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table4_csv(path: Path, rows: list[dict]) -> None:
+    import pandas as pd
+
+    columns = ["lang", "model"] + COUNT_KEYS + [key for key, _ in TABLE_COLUMNS]
+    frame = pd.DataFrame(rows, columns=columns)
+    with atomic_path(path) as handle:
+        frame.to_csv(handle, index=False, float_format="%.4f")
+
+
+# ---------------------------------------------------------------- paired bootstrap
+
+
+def paired_bootstrap(a: list[float], b: list[float], samples: int, seed: int) -> tuple[float, float, float]:
+    """Mean of a - b over documents and the percentile 95% interval of that mean over `samples`
+    resamples of documents with replacement (the same documents for a and b: paired)."""
+    import numpy as np
+
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if diff.ndim != 1 or len(a) != len(b):
+        raise ValueError(f"paired samples differ in length: {len(a)} and {len(b)}")
+    if diff.size == 0:
+        raise ValueError("paired bootstrap of no documents")
+    rng = np.random.default_rng(seed)
+    means = np.empty(samples)
+    chunk = max(1, 2_000_000 // diff.size)  # bounds memory: at most ~2M indices at a time
+    for start in range(0, samples, chunk):
+        stop = min(samples, start + chunk)
+        index = rng.integers(0, diff.size, size=(stop - start, diff.size))
+        means[start:stop] = diff[index].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(diff.mean()), float(low), float(high)
+
+
+def comparisons(models: list[str]) -> list[tuple[str, str]]:
+    """(variant, reference) pairs: each other variant against standard, then each variant against base."""
+    variants = [model for model in models if model != "base"]
+    pairs = [(variant, "standard") for variant in variants if variant != "standard" and "standard" in variants]
+    if "base" in models:
+        pairs += [(variant, "base") for variant in variants]
+    return pairs
+
+
+def bootstrap_rows(evals: dict, models: list[str], languages: list[str], samples: int, seed: int) -> list[dict]:
+    rows = []
+    for lang in languages:
+        for model, reference in comparisons(models):
+            docs_a = {doc["id"]: doc for doc in evals[(model, lang)]["documents"]}
+            docs_b = {doc["id"]: doc for doc in evals[(reference, lang)]["documents"]}
+            if docs_a.keys() != docs_b.keys():
+                raise ClinsumError(
+                    f"{evals[(model, lang)]['path']} and {evals[(reference, lang)]['path']} score different "
+                    f"documents ({len(docs_a.keys() - docs_b.keys())} and {len(docs_b.keys() - docs_a.keys())} "
+                    "not in the other): rerun their evaluation"
+                )
+            ids = sorted(docs_a)
+            for key, label in BOOTSTRAP_METRICS:
+                row = {"lang": lang, "model": model, "reference": reference, "metric": key, "label": label, "n": len(ids)}
+                if ids:
+                    mean, low, high = paired_bootstrap(
+                        [docs_a[i][key] for i in ids], [docs_b[i][key] for i in ids], samples, seed
+                    )
+                    row.update(diff=100 * mean, low=100 * low, high=100 * high, excludes_zero=low > 0 or high < 0)
+                else:
+                    row.update(diff=None, low=None, high=None, excludes_zero=None)
+                rows.append(row)
+    return rows
+
+
+def bootstrap_markdown(rows: list[dict], samples: int, seed: int) -> str:
+    lines = [
+        "| Language | Comparison | Metric | n | mean difference | 95% CI | CI excludes 0 |",
+        "|---|---|---|---:|---:|---|---|",
+    ]
+    for row in rows:
+        interval = "–" if row["low"] is None else f"[{row['low']:.2f}, {row['high']:.2f}]"
+        excludes = "–" if row["excludes_zero"] is None else ("yes" if row["excludes_zero"] else "no")
+        lines.append(
+            f"| {lang_name(row['lang'])} | {row['model']} − {row['reference']} | {row['label']} | {row['n']} | "
+            f"{fmt(row['diff'])} | {interval} | {excludes} |"
+        )
+    if not rows:
+        lines.append("| – | no trained variant to compare | – | – | – | – | – |")
+    return (
+        "# Paired bootstrap\n\n"
+        f"Differences of per-document scores (x100), the same documents for both models; percentile 95% "
+        f"interval over {samples} resamples of the documents (seed {seed}).\n\n" + "\n".join(lines) + "\n"
+    )
+
+
+def write_bootstrap_csv(path: Path, rows: list[dict]) -> None:
+    import pandas as pd
+
+    columns = ["lang", "model", "reference", "metric", "n", "diff", "low", "high", "excludes_zero"]
+    with atomic_path(path) as handle:
+        pd.DataFrame(rows, columns=columns).to_csv(handle, index=False, float_format="%.4f")
+
+
+# ---------------------------------------------------------------- figures
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_bars(rows: list[dict], lang: str, path: Path) -> None:
+    """Grouped bars: one group per Table 4 column, one bar per model."""
+    import numpy as np
+
+    plt = _pyplot()
+    group = [row for row in rows if row["lang"] == lang]
+    labels = [f"BERTScore {label}" for _, label in BERTSCORE_COLUMNS] + [label for _, label in ROUGE_COLUMNS]
+    x = np.arange(len(TABLE_COLUMNS))
+    width = 0.8 / max(1, len(group))
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for i, row in enumerate(group):
+        values = [row[key] if row[key] is not None else 0.0 for key, _ in TABLE_COLUMNS]
+        ax.bar(x + (i - (len(group) - 1) / 2) * width, values, width, label=row["model"])
+    ax.set_xticks(x, labels, rotation=20, ha="right")
+    ax.set_ylabel("score x100")
+    n = group[0]["n"] if group else 0
+    ax.set_title(f"{lang_name(lang)}: test documents scored n = {n}")
+    ax.legend(fontsize="small")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=100)
+    plt.close(fig)
+
+
+def read_train_log(path: Path):
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise ClinsumError(f"{path}: cannot read the training log ({error})") from None
+    step = next((c for c in ("step", "global_step") if c in frame.columns), None)
+    if step is None:
+        raise ClinsumError(f"{path}: no 'step' column in the training log (columns: {', '.join(frame.columns)})")
+    return frame.rename(columns={step: "step"})
+
+
+def curve_panels(frame) -> dict[str, list[str]]:
+    """Which numeric columns go in which panel: losses, validation metrics, learning rate."""
+    # An all-empty column (loss_kl of a variant without KL) has nothing to draw.
+    numeric = [c for c in frame.columns if c != "step" and frame[c].dtype.kind in "fiu" and frame[c].notna().any()]
+    panels = {
+        "loss": [c for c in numeric if "loss" in c.lower()],
+        "validation score": [c for c in numeric if any(k in c.lower() for k in ("rouge", "bertscore", "score"))],
+        "learning rate": [c for c in numeric if c.lower() in ("lr", "learning_rate")],
+    }
+    return {name: columns for name, columns in panels.items() if columns}
+
+
+def plot_training_curves(logs: dict[str, Path], path: Path) -> None:
+    plt = _pyplot()
+    frames = {variant: read_train_log(log_path) for variant, log_path in logs.items()}
+    names = list(dict.fromkeys(name for frame in frames.values() for name in curve_panels(frame)))
+    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(5 * max(1, len(names)), 3.8), squeeze=False)
+    if not names:
+        axes[0][0].text(0.5, 0.5, "no trained variant" if not frames else "no numeric columns in the training logs",
+                        ha="center", va="center")
+        axes[0][0].set_axis_off()
+    styles = ["-", "--", ":", "-."]
+    for ax, name in zip(axes[0], names):
+        # One colour per variant, one line style per column, so variants stay comparable across panels.
+        for colour, (variant, frame) in enumerate(frames.items()):
+            for number, column in enumerate(curve_panels(frame).get(name, [])):
+                series = frame[["step", column]].dropna()  # train and eval rows log different columns
+                ax.plot(series["step"], series[column], color=f"C{colour % 10}", linestyle=styles[number % 4],
+                        marker="." if len(series) < 30 else None, label=f"{variant}: {column}")
+        ax.set_title(name)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="x-small")
+    fig.tight_layout()
+    with atomic_path(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- HTML
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #bbb; padding: 0.25em 0.6em; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #eee; }
+tr.first td { border-top: 2px solid #555; }
+img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0; }
+p.note { color: #555; font-size: 0.9em; }
+"""
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def table4_html(rows: list[dict]) -> str:
+    best = best_cells(rows)
+    out = [
+        "<table>",
+        '<tr><th rowspan="2">Language</th><th rowspan="2">Model</th>'
+        f'<th colspan="{len(BERTSCORE_COLUMNS)}">BERTScore</th><th colspan="{len(ROUGE_COLUMNS)}">ROUGE</th></tr>',
+        "<tr>" + "".join(f"<th>{label}</th>" for _, label in TABLE_COLUMNS) + "</tr>",
+    ]
+    langs = list(dict.fromkeys(row["lang"] for row in rows))
+    for lang in langs:
+        group = [row for row in rows if row["lang"] == lang]
+        for i, row in enumerate(group):
+            cells = []
+            if i == 0:
+                cells.append(f'<td rowspan="{len(group)}">{html.escape(lang_name(lang))}</td>')
+            cells.append(f"<td>{html.escape(row['model'])}</td>")
+            for key, _ in TABLE_COLUMNS:
+                text = fmt(row[key])
+                if (lang, row["model"], key) in best:
+                    text = f"<b>{text}</b>"
+                cells.append(f'<td class="num">{text}</td>')
+            out.append(f'<tr class="{"first" if i == 0 else ""}">' + "".join(cells) + "</tr>")
+    return "\n".join(out + ["</table>"])
+
+
+def simple_html_table(header: list[str], body: list[list[str]]) -> str:
+    out = ["<table>", "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
+    for cells in body:
+        out.append("<tr>" + "".join(f'<td class="num">{html.escape(str(c))}</td>' for c in cells) + "</tr>")
+    return "\n".join(out + ["</table>"])
+
+
+def index_html(rows, boot_rows, note, samples, seed, bar_paths: dict[str, Path], curves_path: Path) -> str:
+    counts = simple_html_table(
+        ["Language", "Model", "scored", "unscored (no reference)", "empty predictions", "inputs truncated", "fp32 fallbacks"],
+        [[lang_name(r["lang"]), r["model"]] + [r[k] for k in COUNT_KEYS] for r in rows],
+    )
+    boot = simple_html_table(
+        ["Language", "Comparison", "Metric", "n", "mean difference", "95% CI", "CI excludes 0"],
+        [
+            [
+                lang_name(r["lang"]), f"{r['model']} − {r['reference']}", r["label"], r["n"], fmt(r["diff"]),
+                "–" if r["low"] is None else f"[{r['low']:.2f}, {r['high']:.2f}]",
+                "–" if r["excludes_zero"] is None else ("yes" if r["excludes_zero"] else "no"),
+            ]
+            for r in boot_rows
+        ],
+    )
+    bars = "\n".join(f"<h3>{html.escape(lang_name(lang))}</h3>" + _img(path, f"scores {lang}") for lang, path in bar_paths.items())
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>clinsum evaluation report</title>
+<style>{CSS}</style></head><body>
+<h1>clinsum evaluation report</h1>
+<h2>Table 4: test split, per language and model</h2>
+{table4_html(rows)}
+<p class="note">{html.escape(note)} Best per column and language in bold.</p>
+<h2>Documents</h2>
+{counts}
+<h2>Paired bootstrap</h2>
+<p class="note">Differences of per-document scores (x100), the same documents for both models; percentile 95%
+interval over {samples} resamples of the documents (seed {seed}).</p>
+{boot}
+<h2>Scores per language</h2>
+{bars}
+<h2>Training curves</h2>
+{_img(curves_path, "training curves")}
+</body></html>
+"""
+
+
+def build_report(
+    eval_paths: list[str | Path],
+    train_logs: dict[str, Path],
+    models: list[str],
+    languages: list[str],
+    out_dir: str | Path,
+    samples: int = 1000,
+    seed: int = 42,
+) -> dict:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    evals = load_evals(eval_paths)
+    rows = table4_rows(evals, models, languages)
+    note = tokenizer_note(evals)
+    with atomic_path(out_dir / "table4.md") as handle:
+        handle.write(table4_markdown(rows, note) + "\n## Documents\n\n" + counts_markdown(rows))
+    write_table4_csv(out_dir / "table4.csv", rows)
+
+    boot_rows = bootstrap_rows(evals, models, languages, samples, seed)
+    with atomic_path(out_dir / "bootstrap.md") as handle:
+        handle.write(bootstrap_markdown(boot_rows, samples, seed))
+    write_bootstrap_csv(out_dir / "bootstrap.csv", boot_rows)
+
+    bar_paths = {lang: out_dir / "bars" / f"{lang}.png" for lang in languages}
+    for lang, path in bar_paths.items():
+        plot_bars(rows, lang, path)
+    curves_path = out_dir / "training_curves.png"
+    plot_training_curves(train_logs, curves_path)
+
+    with atomic_path(out_dir / "index.html") as handle:
+        handle.write(index_html(rows, boot_rows, note, samples, seed, bar_paths, curves_path))
+    log.info("report: %d rows, %d bootstrap comparisons -> %s", len(rows), len(boot_rows), out_dir)
+    return {"rows": rows, "bootstrap": boot_rows}
+
+
+# ---------------------------------------------------------------- submission
+
+TEST_ID = re.compile(r"^multiclinsum_test_(?P<n>\d+)_(?P<lang>[a-z]{2})$")
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def write_submission(predictions: dict[str, str | Path], out_dir: str | Path) -> dict:
+    """Write `{lang}/{id}_sum.txt` for every test-layout document (reference null) and
+    `heldout/{lang}/{id}_sum.txt` for every document with a reference.
+
+    A test-layout id is `multiclinsum_test_{n}_{lang}`, so `{lang}/` holds exactly MultiClinSum's upload
+    files, `multiclinsum_test_{n}_{lang}_sum.txt`, one per test document and nothing else. Held-out
+    gold/large-scale documents keep their own id (`multiclinsum_gs_{lang}_{n}_sum.txt`, the organisers'
+    naming of reference summaries) apart, under heldout/, for scoring with the organisers' tools.
+    """
+    from .evaluate import load_predictions
+
+    out_dir = Path(out_dir)
+    manifest = {"languages": {}}
+    for lang, path in predictions.items():
+        records = load_predictions(path, lang)
+        counts = {"test_layout": 0, "heldout": 0, "empty": 0, "nonstandard_test_ids": []}
+        (out_dir / lang).mkdir(parents=True, exist_ok=True)
+        for record in records:
+            doc_id = record["id"]
+            if not SAFE_ID.match(doc_id):
+                raise ClinsumError(f"{path}: document id {doc_id!r} is not usable as a file name")
+            if record["reference"] is None:
+                target = out_dir / lang / f"{doc_id}_sum.txt"
+                counts["test_layout"] += 1
+                match = TEST_ID.match(doc_id)
+                if not match or match["lang"] != lang:
+                    counts["nonstandard_test_ids"].append(doc_id)
+            else:
+                target = out_dir / "heldout" / lang / f"{doc_id}_sum.txt"
+                counts["heldout"] += 1
+            text = record["prediction"].strip()
+            counts["empty"] += not text
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text + "\n", encoding="utf-8")
+        written = len(list((out_dir / lang).glob("*_sum.txt")))
+        if written != counts["test_layout"]:
+            raise ClinsumError(f"{out_dir / lang}: {written} files for {counts['test_layout']} test-layout documents of {path}")
+        if counts["nonstandard_test_ids"]:
+            log.warning("%s: %d documents without a reference have ids outside MultiClinSum's test naming, e.g. %s",
+                        path, len(counts["nonstandard_test_ids"]), counts["nonstandard_test_ids"][0])
+        manifest["languages"][lang] = counts
+        log.info("submission %s: %d test-layout files, %d held-out, %d empty", lang,
+                 counts["test_layout"], counts["heldout"], counts["empty"])
+    write_json(out_dir / "manifest.json", manifest)
+    return manifest
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _pairs(values: list[str], flag: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise ClinsumError(f"{flag}: expected NAME=PATH, got {value!r}")
+        pairs[name] = path
+    return pairs
+
+
+def _run_report(args) -> None:
+    try:
+        settings = json.loads(args.settings)
+    except json.JSONDecodeError as error:
+        raise ClinsumError(f"--settings: invalid JSON ({error.msg})") from None
+    bootstrap = settings.get("bootstrap", {})
+    logs = {name: Path(path) for name, path in _pairs(args.train_log, "--train-log").items()}
+    build_report(
+        args.eval, logs, settings["models"], settings["languages"], args.out_dir,
+        int(bootstrap.get("samples", 1000)), int(bootstrap.get("seed", 42)),
+    )
+
+
+def _run_submission(args) -> None:
+    write_submission(_pairs(args.predictions, "--predictions"), args.out)
+
+
+def add_cli(subparsers) -> None:
+    parser = subparsers.add_parser("report", help="Table 4, paired bootstrap, figures and index.html from evaluations")
+    parser.add_argument("--eval", nargs="+", required=True, help="results/eval/{model}/{lang}.json files")
+    parser.add_argument("--train-log", nargs="*", default=[], help="VARIANT=results/models/{variant}/train_log.csv")
+    parser.add_argument(
+        "--settings",
+        required=True,
+        help='JSON: {"models": [base, variants...], "languages": [...], "bootstrap": {"samples": N, "seed": S}}',
+    )
+    parser.add_argument("--out-dir", required=True, help="results/report")
+    parser.set_defaults(func=_run_report)
+
+    parser = subparsers.add_parser("submission", help="one model's predictions as MultiClinSum upload files")
+    parser.add_argument("--predictions", nargs="+", required=True, help="LANG=results/predictions/{model}/{lang}.jsonl")
+    parser.add_argument("--out", required=True, help="results/submissions/{model}")
+    parser.set_defaults(func=_run_submission)

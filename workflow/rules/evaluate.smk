@@ -1,0 +1,126 @@
+EVAL_MODELS = ["base"] + config["train"]["variants"]
+BERTSCORE_MODEL = model_input(config["evaluate"]["bertscore"]["model"])
+
+
+def evaluate_settings():
+    """What changes the scores (not the bootstrap, which only the report uses)."""
+    return {
+        key: value
+        for key, value in config["evaluate"].items()
+        if key not in ("bootstrap", "resources")
+    }
+
+
+def evaluation_targets():
+    """The report and every model's submission, for rule all."""
+    return [
+        "results/report/index.html",
+        *expand("results/submissions/{model}", model=EVAL_MODELS),
+    ]
+
+
+rule evaluate:
+    input:
+        predictions="results/predictions/{model}/{lang}.jsonl",
+        bertscore_model=BERTSCORE_MODEL,
+        code=code("evaluate", "metrics", "io"),
+    output:
+        "results/eval/{model}/{lang}.json",
+    log:
+        "results/logs/evaluate/{model}/{lang}.log",
+    wildcard_constraints:
+        model="|".join(EVAL_MODELS),
+    threads: 1
+    resources:
+        mem_mb=rule_resources("evaluate", "mem_mb", 4000),
+    params:
+        settings=as_json(evaluate_settings()),
+    shell:
+        "clinsum evaluate --predictions {input.predictions} --model {wildcards.model} --lang {wildcards.lang}"
+        " --settings {params.settings:q} --bertscore-model {input.bertscore_model:q}"
+        " --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule report:
+    input:
+        evals=expand("results/eval/{model}/{lang}.json", model=EVAL_MODELS, lang=LANGS),
+        models=expand("results/models/{variant}", variant=config["train"]["variants"]),
+        code=code("report", "io"),
+    output:
+        table_md=report(
+            "results/report/table4.md",
+            caption="../report/table4.rst",
+            category="Table 4",
+        ),
+        table_csv=report(
+            "results/report/table4.csv",
+            caption="../report/table4.rst",
+            category="Table 4",
+        ),
+        bootstrap_md=report(
+            "results/report/bootstrap.md",
+            caption="../report/bootstrap.rst",
+            category="Paired bootstrap",
+        ),
+        bootstrap_csv=report(
+            "results/report/bootstrap.csv",
+            caption="../report/bootstrap.rst",
+            category="Paired bootstrap",
+        ),
+        bars=report(
+            directory("results/report/bars"),
+            patterns=["{lang}.png"],
+            caption="../report/bars.rst",
+            category="Scores per language",
+            labels={"language": "{lang}"},
+        ),
+        curves=report(
+            "results/report/training_curves.png",
+            caption="../report/training_curves.rst",
+            category="Training",
+        ),
+        index=report(
+            "results/report/index.html",
+            caption="../report/index.rst",
+            category="Summary",
+        ),
+    log:
+        "results/logs/report.log",
+    resources:
+        mem_mb=2000,
+    params:
+        settings=as_json(
+            {
+                "models": EVAL_MODELS,
+                "languages": LANGS,
+                "bootstrap": config["evaluate"].get("bootstrap", {}),
+            }
+        ),
+        train_logs=lambda wildcards, input: " ".join(
+            f"{variant}={path}/train_log.csv"
+            for variant, path in zip(config["train"]["variants"], input.models)
+        ),
+        out_dir=lambda wildcards, output: str(Path(output.index).parent),
+    shell:
+        "clinsum report --eval {input.evals} --train-log {params.train_logs}"
+        " --settings {params.settings:q} --out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule submission:
+    input:
+        predictions=expand("results/predictions/{{model}}/{lang}.jsonl", lang=LANGS),
+        code=code("report", "evaluate", "io"),
+    output:
+        directory("results/submissions/{model}"),
+    log:
+        "results/logs/submission/{model}.log",
+    wildcard_constraints:
+        model="|".join(EVAL_MODELS),
+    resources:
+        mem_mb=1000,
+    params:
+        predictions=lambda wildcards, input: " ".join(
+            f"{lang}={path}" for lang, path in zip(LANGS, input.predictions)
+        ),
+    shell:
+        "clinsum submission --predictions {params.predictions} --out {output} > {log} 2>&1"
