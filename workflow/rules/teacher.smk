@@ -1,0 +1,113 @@
+# Stage 1: the teacher's key information for every train/valid report, in shards (scattergather).
+# The Snakefile declares `scattergather: teacher=config["teacher"]["shards"]`; `--set-scatter teacher=N`
+# changes the shard count. A killed shard resumes from results/teacher/{lang}/{shard}.partial.* files.
+
+TEACHER_TOPK = config["teacher"].get("top_logprobs", 0) > 0
+
+
+def teacher_settings():
+    """What changes the teacher's output: its section (not resources) and the extraction prompt."""
+    return {
+        "teacher": {
+            key: value for key, value in config["teacher"].items() if key != "resources"
+        },
+        "extract": config["prompts"]["extract"],
+        "role": config["prompts"].get("role", "system"),
+    }
+
+
+def teacher_shard_outputs():
+    outputs = {"records": "results/teacher/{lang}/{scatteritem}.jsonl"}
+    if TEACHER_TOPK:
+        outputs["topk"] = "results/teacher/{lang}/{scatteritem}.topk.safetensors"
+    return outputs
+
+
+def teacher_gather_inputs(wildcards):
+    inputs = {
+        "records": gather.teacher(
+            "results/teacher/{lang}/{scatteritem}.jsonl", lang=wildcards.lang
+        )
+    }
+    if TEACHER_TOPK:
+        inputs["topk"] = gather.teacher(
+            "results/teacher/{lang}/{scatteritem}.topk.safetensors",
+            lang=wildcards.lang,
+        )
+    return inputs
+
+
+def teacher_gather_outputs():
+    outputs = {"records": "results/teacher/{lang}.jsonl"}
+    if TEACHER_TOPK:
+        outputs["topk"] = "results/teacher/{lang}.topk.safetensors"
+    return outputs
+
+
+def teacher_targets():
+    """Teacher outputs for rule all (when a trained variant uses the teacher)."""
+    return ["results/teacher/summary.json"] if uses_teacher() else []
+
+
+rule teacher:
+    input:
+        corpus="results/corpus/{lang}.jsonl",
+        split="results/split/{lang}.json",
+        model=TEACHER,
+        code=code("teacher", "generation", "chat", "io"),
+    output:
+        **teacher_shard_outputs(),
+    log:
+        "results/logs/teacher/{lang}/{scatteritem}.log",
+    wildcard_constraints:
+        scatteritem=r"\d+-of-\d+",
+    threads: rule_resources("teacher", "cpus", 2)
+    resources:
+        gpu=rule_resources("teacher", "gpu", 1),
+        mem_mb=rule_resources("teacher", "mem_mb", 16000),
+        runtime=rule_resources("teacher", "runtime", 240),
+    params:
+        settings=as_json(teacher_settings()),
+        topk=lambda wildcards, output: (
+            f"--topk-out {output.topk}" if TEACHER_TOPK else ""
+        ),
+    shell:
+        "clinsum teacher run --corpus {input.corpus} --split {input.split} --model-dir {input.model:q}"
+        " --settings {params.settings:q} --shard {wildcards.scatteritem} --lang {wildcards.lang}"
+        " --threads {threads} --out {output.records} {params.topk} > {log} 2>&1"
+
+
+rule teacher_gather:
+    input:
+        unpack(teacher_gather_inputs),
+        split="results/split/{lang}.json",
+        code=code("teacher", "io"),
+    output:
+        **teacher_gather_outputs(),
+    log:
+        "results/logs/teacher/{lang}.gather.log",
+    resources:
+        mem_mb=2000,
+    params:
+        topk=lambda wildcards, input, output: (
+            f"--topk-inputs {' '.join(input.topk)} --topk-out {output.topk}"
+            if TEACHER_TOPK
+            else ""
+        ),
+    shell:
+        "clinsum teacher gather --split {input.split} --inputs {input.records}"
+        " --out {output.records} {params.topk} > {log} 2>&1"
+
+
+rule teacher_summary:
+    input:
+        records=expand("results/teacher/{lang}.jsonl", lang=LANGS),
+        code=code("teacher", "io"),
+    output:
+        "results/teacher/summary.json",
+    log:
+        "results/logs/teacher/summary.log",
+    resources:
+        mem_mb=1000,
+    shell:
+        "clinsum teacher summary --inputs {input.records} --out {output} > {log} 2>&1"
