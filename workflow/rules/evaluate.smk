@@ -1,24 +1,3 @@
-EVAL_MODELS = ["base"] + config["train"]["variants"]
-BERTSCORE_MODEL = model_input(config["evaluate"]["bertscore"]["model"])
-
-
-def evaluate_settings():
-    """What changes the scores (not the bootstrap, which only the report uses)."""
-    return {
-        key: value
-        for key, value in config["evaluate"].items()
-        if key not in ("bootstrap", "resources")
-    }
-
-
-def evaluation_targets():
-    """The report and every model's submission, for rule all."""
-    return [
-        "results/report/index.html",
-        *expand("results/submissions/{model}", model=EVAL_MODELS),
-    ]
-
-
 rule evaluate:
     input:
         predictions="results/predictions/{model}/{lang}.jsonl",
@@ -30,13 +9,15 @@ rule evaluate:
         "results/logs/evaluate/{model}/{lang}.log",
     wildcard_constraints:
         model="|".join(EVAL_MODELS),
+    conda:
+        "../../envs/evaluate.yaml"
     threads: 1
     resources:
         mem_mb=rule_resources("evaluate", "mem_mb", 4000),
     params:
         settings=as_json(evaluate_settings()),
     shell:
-        "clinsum evaluate --predictions {input.predictions} --model {wildcards.model} --lang {wildcards.lang}"
+        "python -m clinsum evaluate --predictions {input.predictions} --model {wildcards.model} --lang {wildcards.lang}"
         " --settings {params.settings:q} --bertscore-model {input.bertscore_model:q}"
         " --threads {threads} --out {output} > {log} 2>&1"
 
@@ -86,6 +67,8 @@ rule report:
         ),
     log:
         "results/logs/report.log",
+    conda:
+        "../../envs/evaluate.yaml"
     resources:
         mem_mb=2000,
     params:
@@ -102,7 +85,7 @@ rule report:
         ),
         out_dir=lambda wildcards, output: str(Path(output.index).parent),
     shell:
-        "clinsum report --eval {input.evals} --train-log {params.train_logs}"
+        "python -m clinsum report --eval {input.evals} --train-log {params.train_logs}"
         " --settings {params.settings:q} --out-dir {params.out_dir} > {log} 2>&1"
 
 
@@ -116,6 +99,8 @@ rule submission:
         "results/logs/submission/{model}.log",
     wildcard_constraints:
         model="|".join(EVAL_MODELS),
+    conda:
+        "../../envs/evaluate.yaml"
     resources:
         mem_mb=1000,
     params:
@@ -123,4 +108,4 @@ rule submission:
             f"{lang}={path}" for lang, path in zip(LANGS, input.predictions)
         ),
     shell:
-        "clinsum submission --predictions {params.predictions} --out {output} > {log} 2>&1"
+        "python -m clinsum submission --predictions {params.predictions} --out {output} > {log} 2>&1"

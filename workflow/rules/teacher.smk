@@ -2,52 +2,6 @@
 # The Snakefile declares `scattergather: teacher=config["teacher"]["shards"]`; `--set-scatter teacher=N`
 # changes the shard count. A killed shard resumes from results/teacher/{lang}/{shard}.partial.* files.
 
-TEACHER_TOPK = config["teacher"].get("top_logprobs", 0) > 0
-
-
-def teacher_settings():
-    """What changes the teacher's output: its section (not resources) and the extraction prompt."""
-    return {
-        "teacher": {
-            key: value for key, value in config["teacher"].items() if key != "resources"
-        },
-        "extract": config["prompts"]["extract"],
-        "role": config["prompts"].get("role", "system"),
-    }
-
-
-def teacher_shard_outputs():
-    outputs = {"records": "results/teacher/{lang}/{scatteritem}.jsonl"}
-    if TEACHER_TOPK:
-        outputs["topk"] = "results/teacher/{lang}/{scatteritem}.topk.safetensors"
-    return outputs
-
-
-def teacher_gather_inputs(wildcards):
-    inputs = {
-        "records": gather.teacher(
-            "results/teacher/{lang}/{scatteritem}.jsonl", lang=wildcards.lang
-        )
-    }
-    if TEACHER_TOPK:
-        inputs["topk"] = gather.teacher(
-            "results/teacher/{lang}/{scatteritem}.topk.safetensors",
-            lang=wildcards.lang,
-        )
-    return inputs
-
-
-def teacher_gather_outputs():
-    outputs = {"records": "results/teacher/{lang}.jsonl"}
-    if TEACHER_TOPK:
-        outputs["topk"] = "results/teacher/{lang}.topk.safetensors"
-    return outputs
-
-
-def teacher_targets():
-    """Teacher outputs for rule all (when a trained variant uses the teacher)."""
-    return ["results/teacher/summary.json"] if uses_teacher() else []
-
 
 rule teacher:
     input:
@@ -61,6 +15,8 @@ rule teacher:
         "results/logs/teacher/{lang}/{scatteritem}.log",
     wildcard_constraints:
         scatteritem=r"\d+-of-\d+",
+    conda:
+        "../../envs/teacher.yaml"
     threads: rule_resources("teacher", "cpus", 2)
     resources:
         gpu=rule_resources("teacher", "gpu", 1),
@@ -72,7 +28,7 @@ rule teacher:
             f"--topk-out {output.topk}" if TEACHER_TOPK else ""
         ),
     shell:
-        "clinsum teacher run --corpus {input.corpus} --split {input.split} --model-dir {input.model:q}"
+        "python -m clinsum teacher run --corpus {input.corpus} --split {input.split} --model-dir {input.model:q}"
         " --settings {params.settings:q} --shard {wildcards.scatteritem} --lang {wildcards.lang}"
         " --threads {threads} --out {output.records} {params.topk} > {log} 2>&1"
 
@@ -86,6 +42,8 @@ rule teacher_gather:
         **teacher_gather_outputs(),
     log:
         "results/logs/teacher/{lang}.gather.log",
+    conda:
+        "../../envs/teacher.yaml"
     resources:
         mem_mb=2000,
     params:
@@ -95,7 +53,7 @@ rule teacher_gather:
             else ""
         ),
     shell:
-        "clinsum teacher gather --split {input.split} --inputs {input.records}"
+        "python -m clinsum teacher gather --split {input.split} --inputs {input.records}"
         " --out {output.records} {params.topk} > {log} 2>&1"
 
 
@@ -107,7 +65,9 @@ rule teacher_summary:
         "results/teacher/summary.json",
     log:
         "results/logs/teacher/summary.log",
+    conda:
+        "../../envs/teacher.yaml"
     resources:
         mem_mb=1000,
     shell:
-        "clinsum teacher summary --inputs {input.records} --out {output} > {log} 2>&1"
+        "python -m clinsum teacher summary --inputs {input.records} --out {output} > {log} 2>&1"
