@@ -72,7 +72,8 @@ def crop_answer(tokenizer, answer: str, max_tokens: int, role: str) -> str:
 def make_example(tokenizer, doc_id, lang, task, instruction, text, answer, settings) -> dict:
     role = settings["role"]
     report = crop_prompt(tokenizer, instruction, text, settings["prompt_tokens"], role)
-    cropped_answer = crop_answer(tokenizer, answer, settings["answer_tokens"], role)
+    # leading newlines would merge with the template's "assistant\n" header into other tokens
+    cropped_answer = crop_answer(tokenizer, answer.strip(), settings["answer_tokens"], role)
     messages = build_messages(instruction, report, cropped_answer, role=role)
     prompt_ids, answer_ids = encode_example(tokenizer, messages)
     return {
@@ -83,7 +84,7 @@ def make_example(tokenizer, doc_id, lang, task, instruction, text, answer, setti
         "prompt_tokens": len(prompt_ids),
         "answer_tokens": len(answer_ids),
         "report_cropped": report != text,
-        "answer_cropped": cropped_answer != answer,
+        "answer_cropped": cropped_answer != answer.strip(),
     }
 
 

@@ -71,7 +71,17 @@ def resolve_dtype(dtype: str, cuda: bool | None = None) -> str:
 
     if cuda is None:
         cuda = torch.cuda.is_available()
-    return "bfloat16" if cuda and torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if cuda and native_bf16() else "float32"
+
+
+def native_bf16() -> bool:
+    """bf16 in hardware (Ampere and newer); a T4 only emulates it, slowly."""
+    import torch
+
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.3 has no emulation argument and reports hardware support
+        return torch.cuda.is_bf16_supported()
 
 
 def stop_token_ids(tokenizer, generation_config=None) -> list[int]:

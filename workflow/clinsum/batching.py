@@ -1,0 +1,111 @@
+"""Length-grouped batches under a token budget, and their collation (right padding, no attention mask).
+
+A batch's cost is what the GPU computes: rows × the longest row (padding counts). The unit of batching is
+a group of sequences that must share a step: a document's summarize and extract sequences, so that every
+step computes γ·L_sum + (1−γ)·L_ext over the same reports (the paper's step), both in one forward pass.
+Both sequences share the report, so they differ in length only by their answers. Units are shuffled,
+cut into pools of about `pool_batches` batches' worth of tokens, sorted by their longest sequence inside
+a pool and packed greedily, and the batches are shuffled again: little padding, and the order still
+changes with every epoch. A unit over the budget forms a batch of its own (it is never split).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+from .losses import IGNORE_INDEX
+
+
+def padded_tokens(lengths: Sequence[int]) -> int:
+    """Tokens a right-padded batch of these lengths occupies."""
+    return len(lengths) * max(lengths) if lengths else 0
+
+
+def length_grouped_batches(
+    lengths: Sequence[int],
+    tokens_per_batch: int,
+    seed: int,
+    units: Sequence[Sequence[int]] | None = None,
+    pool_batches: int = 64,
+) -> list[list[int]]:
+    """Indices of `lengths` grouped into batches with rows × longest ≤ tokens_per_batch.
+
+    `units` partitions the indices into groups kept in one batch (default: each index alone). Every index
+    appears exactly once. Deterministic for a seed (pass a different seed per epoch).
+    """
+    if tokens_per_batch < 1:
+        raise ValueError(f"tokens_per_batch must be positive, got {tokens_per_batch}")
+    units = [list(unit) for unit in units] if units is not None else [[i] for i in range(len(lengths))]
+    rng = random.Random(seed)
+    rng.shuffle(units)
+    pool_tokens = pool_batches * tokens_per_batch
+    batches: list[list[int]] = []
+    pool: list[list[int]] = []
+    pool_size = 0
+    for unit in units:
+        pool.append(unit)
+        pool_size += sum(lengths[i] for i in unit)
+        if pool_size >= pool_tokens:
+            batches += _pack(pool, lengths, tokens_per_batch)
+            pool, pool_size = [], 0
+    batches += _pack(pool, lengths, tokens_per_batch)
+    rng.shuffle(batches)
+    return batches
+
+
+def _pack(pool: list[list[int]], lengths: Sequence[int], budget: int) -> list[list[int]]:
+    batches: list[list[int]] = []
+    current: list[int] = []
+    width = 0
+    # longest unit first: a batch's first unit holds its longest row
+    for unit in sorted(pool, key=lambda u: max(lengths[i] for i in u), reverse=True):
+        if current and (len(current) + len(unit)) * width > budget:
+            batches.append(current)
+            current = []
+        if not current:
+            width = max(lengths[i] for i in unit)
+        current += unit
+    if current:
+        batches.append(current)
+    return batches
+
+
+def collate(examples: list[dict], pad_id: int) -> dict:
+    """Tensors of one batch from tokenized examples.
+
+    Each example: `input_ids` (prompt + answer), `prompt_len`, `task` (0 summarize, 1 extract) and,
+    for distil_kl extract sequences, `teacher_ids` / `teacher_logprobs` ([rows, k]; row j belongs to
+    answer position j). Returns input_ids [B, T] right-padded with pad_id, labels [B, T] (-100 on prompt
+    and padding), task [B], useful_tokens (non-padding count) and, when any example has teacher rows,
+    teacher_ids [B, T, k] (-1 where none) and teacher_logprobs [B, T, k] in the labels' positions.
+    """
+    import torch
+
+    width = max(len(example["input_ids"]) for example in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    task = torch.empty(len(examples), dtype=torch.long)
+    useful = 0
+    teacher_k = max((example["teacher_ids"].shape[1] for example in examples if "teacher_ids" in example), default=0)
+    if teacher_k:
+        teacher_ids = torch.full((len(examples), width, teacher_k), -1, dtype=torch.long)
+        teacher_logprobs = torch.zeros((len(examples), width, teacher_k), dtype=torch.float32)
+    for row, example in enumerate(examples):
+        ids = torch.as_tensor(example["input_ids"], dtype=torch.long)
+        start = int(example["prompt_len"])
+        input_ids[row, : len(ids)] = ids
+        labels[row, start : len(ids)] = ids[start:]
+        task[row] = int(example["task"])
+        useful += len(ids)
+        if "teacher_ids" in example:
+            rows, k = example["teacher_ids"].shape
+            if start + rows > len(ids):
+                raise ValueError(f"{rows} teacher rows do not fit an answer of {len(ids) - start} tokens")
+            teacher_ids[row, start : start + rows, :k] = torch.as_tensor(example["teacher_ids"], dtype=torch.long)
+            teacher_logprobs[row, start : start + rows, :k] = torch.as_tensor(example["teacher_logprobs"])
+    batch = {"input_ids": input_ids, "labels": labels, "task": task, "useful_tokens": useful}
+    if teacher_k:
+        batch["teacher_ids"] = teacher_ids
+        batch["teacher_logprobs"] = teacher_logprobs
+    return batch
