@@ -25,7 +25,6 @@ import importlib.util
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -39,7 +38,7 @@ import yaml
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, copy_checkout
 SLURM_SCRIPTS = REPO / "tests" / "slurm"
 # Only the aggregating target rule may run on the submitting host; every real job goes to SLURM.
 LOCAL_RULES = {"all"}
@@ -394,19 +393,6 @@ train: {resources: {gpu: 1}}
 infer: {resources: {gpu: 1, gpu_model: t4}}
 """
 GPU_RULES = {"teacher": "2", "train": "1", "infer": "t4:1"}
-
-
-def copy_checkout(dst: Path) -> None:
-    """The checkout as a clone would have it: tracked files and untracked ones git does not ignore."""
-    names = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO, capture_output=True, check=True,
-    ).stdout.decode().split("\0")
-    for name in filter(None, names):
-        src = REPO / name
-        if src.is_file():
-            (dst / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / name)
 
 
 def test_tiny_workflow_on_slurm(slurm_cluster, tmp_path):

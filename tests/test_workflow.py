@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, copy_checkout
 
 pytestmark = pytest.mark.slow
 
@@ -23,19 +22,6 @@ TINY = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
 LANGS = TINY["languages"]
 VARIANTS = TINY["train"]["variants"]
 MODELS = ["base", *VARIANTS]
-
-
-def copy_checkout(dest: Path) -> Path:
-    """The files a fresh clone has (tracked and untracked-not-ignored), nothing built."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
-    ).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        source = REPO / name
-        if source.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest / name)
-    return dest
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
