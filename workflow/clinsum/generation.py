@@ -281,7 +281,6 @@ class VllmGenerator(Generator):
         self.stops = stop_token_ids(tokenizer, _generation_config_or_none(model_dir))
 
     def generate(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, top_logprobs=0, seed=0):
-        import numpy as np
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 

@@ -15,7 +15,6 @@ import base64
 import html
 import json
 import logging
-import math
 import re
 from pathlib import Path
 

@@ -14,7 +14,6 @@ tensors `"{id}/ids"` and `"{id}/logprobs"`, written and merged by streaming, nev
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
