@@ -55,7 +55,14 @@ def model_input(ref):
 
 
 def rule_resources(section, key, default):
-    return config[section].get("resources", {}).get(key, default)
+    """A job resource from the `resources` of a config section (a section may be absent)."""
+    return config.get(section, {}).get("resources", {}).get(key, default)
+
+
+def gpu_model_resource(section):
+    """{"gpu_model": ...} (SLURM: `--gpus=<model>:<n>`), only when the section's resources name one."""
+    model = rule_resources(section, "gpu_model", None)
+    return {"gpu_model": model} if model else {}
 
 
 TEACHER = model_path(config["teacher"]["model"])
@@ -160,12 +167,7 @@ def teacher_targets():
 
 TRAIN_VARIANTS = config["train"]["variants"]
 
-# a GPU model for SLURM (`--gpus=<model>:<n>`), only when config names one
-TRAIN_GPU_MODEL = (
-    {"gpu_model": rule_resources("train", "gpu_model", None)}
-    if rule_resources("train", "gpu_model", None)
-    else {}
-)
+TRAIN_GPU_MODEL = gpu_model_resource("train")
 
 
 def train_settings(variant):
@@ -230,12 +232,7 @@ def infer_settings():
     return {key: value for key, value in config["infer"].items() if key != "resources"}
 
 
-# a GPU model for SLURM (`--gpus=<model>:<n>`), e.g. tesla_t4, only when config names one
-INFER_GPU_MODEL = (
-    {"gpu_model": rule_resources("infer", "gpu_model", None)}
-    if rule_resources("infer", "gpu_model", None)
-    else {}
-)
+INFER_GPU_MODEL = gpu_model_resource("infer")
 
 
 # ---------------------------------------------------------------- evaluate
