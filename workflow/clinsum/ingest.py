@@ -153,7 +153,7 @@ def read_bytes(location: Location) -> bytes:
         return archive.read(location.members[-1])
 
 
-def decode_utf8(data: bytes, where: object) -> str:
+def decode_utf8(data: bytes) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -198,13 +198,13 @@ def read_multiclinsum(root: Path, manifest: Manifest, source: str) -> Iterator[d
             manifest.skip(doc.lang, where, "summary without its report")
             continue
         try:
-            text = decode_utf8(read_bytes(doc.report), doc.report).strip()
+            text = decode_utf8(read_bytes(doc.report)).strip()
             summary = None
             if doc.subset != "test":
                 if doc.summary is None:
                     raise ValueError("report without its summary")
                 where = doc.summary
-                summary = decode_utf8(read_bytes(doc.summary), doc.summary).strip()
+                summary = decode_utf8(read_bytes(doc.summary)).strip()
         except ValueError as error:
             manifest.skip(doc.lang, where, str(error))
             continue
@@ -235,7 +235,7 @@ def read_jsonl_source(path: Path, manifest: Manifest, source: str) -> Iterator[d
                     continue
                 where = f"{file}:{number}"
                 try:
-                    record = json.loads(decode_utf8(raw, where))
+                    record = json.loads(decode_utf8(raw))
                 except ValueError as error:
                     manifest.count_read(None)
                     manifest.skip(None, where, str(error) if "UTF-8" in str(error) else "invalid JSON")
