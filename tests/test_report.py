@@ -184,13 +184,30 @@ def test_bootstrap_outputs(built_report):
     out, result = built_report
     with open(out / "bootstrap.csv") as handle:
         rows = list(csv.DictReader(handle))
-    # 2 languages x 3 comparisons x 3 metrics.
-    assert len(rows) == 18
+    # (2 languages + both pooled) x 3 comparisons x 3 metrics.
+    assert len(rows) == 27
+    assert [r["lang"] for r in rows[::9]] == ["en", "es", "all"]
     assert {(r["model"], r["reference"]) for r in rows} == {("distil", "standard"), ("standard", "base"), ("distil", "base")}
+    # Pooled rows hold every language's documents; their mean difference is the document-weighted mean.
+    for pooled in rows[18:]:
+        parts = [r for r in rows[:18] if (r["model"], r["reference"], r["metric"]) == (pooled["model"], pooled["reference"], pooled["metric"])]
+        assert int(pooled["n"]) == sum(int(r["n"]) for r in parts) == 4
+        assert float(pooled["diff"]) == pytest.approx(sum(float(r["diff"]) * int(r["n"]) for r in parts) / 4, abs=1e-3)
     # Identical per-document ROUGE-L (0.5 everywhere): a point interval at 0.
     rouge_l = [r for r in rows if r["metric"] == "rougeL_f"]
     assert all(float(r["diff"]) == 0 and float(r["low"]) == 0 and float(r["high"]) == 0 for r in rouge_l)
-    assert "ROUGE-Lsum F1" in (out / "bootstrap.md").read_text()
+    markdown = (out / "bootstrap.md").read_text()
+    assert "ROUGE-Lsum F1" in markdown and "| All languages | distil − standard |" in markdown
+    # 2 (or 4) documents: the interval is shown, the call is not made.
+    assert all(line.endswith("| n < 10 |") for line in markdown.splitlines() if line.startswith("| English"))
+
+
+def test_bootstrap_calls_the_interval_from_ten_documents():
+    row = {"n": 10, "excludes_zero": True}
+    assert report.verdict(row) == "yes"
+    assert report.verdict({**row, "excludes_zero": False}) == "no"
+    assert report.verdict({**row, "n": 9}) == "n < 10"
+    assert report.verdict({"n": 0, "excludes_zero": None}) == "–"
 
 
 def test_figures_and_self_contained_html(built_report):

@@ -18,6 +18,7 @@ from clinsum.train import (  # noqa: E402
     LOG_COLUMNS,
     TrainSettings,
     check_tokenizer_compatible,
+    freeze_lower_layers,
     select_best,
     tokenized_dataset,
     train,
@@ -133,6 +134,28 @@ def test_selection_publishes_the_best_checkpoint(tmp_path, data_dir, tiny_studen
     evaluated = [int(r["step"]) for r in rows if r["valid_rougeL"]]
     total = summary["total_steps"]
     assert evaluated == sorted(set(range(3, total + 1, 3)) | {total})
+
+
+def test_trainable_layers_train_only_the_top_layers(tmp_path, data_dir, tiny_student_dir):
+    before = _weights(tiny_student_dir)
+    _run(data_dir, tiny_student_dir, tmp_path / "out", tmp_path / "ckpt", settings=_settings(trainable_layers=1),
+         score_fn=_rising_scores)
+    after = _weights(tmp_path / "out")
+    assert before.keys() == after.keys()
+    top = "model.layers.1."  # the tiny student has 2 layers
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed == {name for name in before if name.startswith(top) or name == "model.norm.weight"}
+    assert any(name.startswith(top) for name in changed) and "model.embed_tokens.weight" not in changed
+
+
+def test_trainable_layers_out_of_range_names_the_limit(tiny_student_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_student_dir)
+    with pytest.raises(ClinsumError, match="between 1 and 2"):
+        freeze_lower_layers(model, 3)
+    freeze_lower_layers(model, None)
+    assert all(p.requires_grad for p in model.parameters())
 
 
 def test_sigterm_saves_state_then_resumes(tmp_path, data_dir, tiny_student_dir):

@@ -150,3 +150,22 @@ def test_stage_code_change_reruns_that_stage_and_what_follows(tiny_run):
         stamp = (tiny_run / "results" / "corpus" / "manifest.json").stat().st_mtime
         os.utime(module, (stamp, stamp))
     assert jobs == downstream_of_models(MODELS)
+
+
+def test_stage_python_runs_the_teacher_and_infer_jobs(tiny_run):
+    """`teacher.python` / `infer.python` (e.g. a separate vLLM environment) run those jobs and no other."""
+    interpreter = "/opt/vllm env/bin/python"
+
+    def change(config):
+        config["teacher"]["python"] = interpreter
+        config["infer"]["python"] = interpreter
+
+    result = snakemake(tiny_run, "-n", "-p", "--configfile", changed_config(tiny_run, change))
+    assert result.returncode == 0, result.stdout + result.stderr
+    commands = [line.removeprefix("Shell command:").strip() for line in result.stdout.splitlines() if " -m clinsum " in line]
+    by_stage = {stage: [c for c in commands if f"-m clinsum {stage} " in c] for stage in ("teacher run", "infer", "train")}
+    assert len(by_stage["teacher run"]) == TINY["teacher"]["shards"] * len(LANGS)
+    assert len(by_stage["infer"]) == len(MODELS) * len(LANGS)
+    for command in by_stage["teacher run"] + by_stage["infer"]:
+        assert command.startswith(f"'{interpreter}' -m clinsum"), command
+    assert by_stage["train"] and all(c.startswith("python -m clinsum") for c in by_stage["train"])

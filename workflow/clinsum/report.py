@@ -22,13 +22,15 @@ from .io import ClinsumError, atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 
-LANG_NAMES = {"en": "English", "es": "Spanish", "fr": "French", "pt": "Portuguese"}
+LANG_NAMES = {"en": "English", "es": "Spanish", "fr": "French", "pt": "Portuguese", "all": "All languages"}
 # (eval key, column label): the paper's Table 4 columns, in its order.
 BERTSCORE_COLUMNS = [("bertscore_p", "Precision"), ("bertscore_r", "Recall"), ("bertscore_f", "F1")]
 ROUGE_COLUMNS = [("rouge1_f", "R-1"), ("rouge2_f", "R-2"), ("rougeL_f", "R-L"), ("rougeLsum_f", "R-Lsum")]
 TABLE_COLUMNS = BERTSCORE_COLUMNS + ROUGE_COLUMNS
 # The per-document scores the bootstrap compares (the shared task ranked ROUGE-Lsum and BERTScore).
 BOOTSTRAP_METRICS = [("rougeL_f", "ROUGE-L F1"), ("rougeLsum_f", "ROUGE-Lsum F1"), ("bertscore_f", "BERTScore F1")]
+# Below this many documents a percentile bootstrap interval is too coarse to call (n = 2 has 3 distinct means).
+MIN_BOOTSTRAP_DOCS = 10
 COUNT_KEYS = ["n", "n_unscored", "n_empty_predictions", "n_input_truncated", "n_fp32_fallback"]
 
 
@@ -181,7 +183,8 @@ def comparisons(models: list[str]) -> list[tuple[str, str]]:
 
 
 def bootstrap_rows(evals: dict, models: list[str], languages: list[str], samples: int, seed: int) -> list[dict]:
-    rows = []
+    """Per language, then pooled over languages ("all", when there are several): each comparison and metric."""
+    paired = {}
     for lang in languages:
         for model, reference in comparisons(models):
             docs_a = {doc["id"]: doc for doc in evals[(model, lang)]["documents"]}
@@ -192,18 +195,37 @@ def bootstrap_rows(evals: dict, models: list[str], languages: list[str], samples
                     f"documents ({len(docs_a.keys() - docs_b.keys())} and {len(docs_b.keys() - docs_a.keys())} "
                     "not in the other): rerun their evaluation"
                 )
-            ids = sorted(docs_a)
+            paired[(lang, model, reference)] = [(docs_a[i], docs_b[i]) for i in sorted(docs_a)]
+    groups = list(languages) + (["all"] if len(languages) > 1 else [])
+    rows = []
+    for group in groups:
+        for model, reference in comparisons(models):
+            pairs = [pair for lang in (languages if group == "all" else [group]) for pair in paired[(lang, model, reference)]]
             for key, label in BOOTSTRAP_METRICS:
-                row = {"lang": lang, "model": model, "reference": reference, "metric": key, "label": label, "n": len(ids)}
-                if ids:
-                    mean, low, high = paired_bootstrap(
-                        [docs_a[i][key] for i in ids], [docs_b[i][key] for i in ids], samples, seed
-                    )
+                row = {"lang": group, "model": model, "reference": reference, "metric": key, "label": label, "n": len(pairs)}
+                if pairs:
+                    mean, low, high = paired_bootstrap([a[key] for a, _ in pairs], [b[key] for _, b in pairs], samples, seed)
                     row.update(diff=100 * mean, low=100 * low, high=100 * high, excludes_zero=low > 0 or high < 0)
                 else:
                     row.update(diff=None, low=None, high=None, excludes_zero=None)
                 rows.append(row)
     return rows
+
+
+def verdict(row: dict) -> str:
+    """The "CI excludes 0" cell: yes / no, or why the interval cannot be called."""
+    if row["excludes_zero"] is None:
+        return "–"
+    if row["n"] < MIN_BOOTSTRAP_DOCS:
+        return f"n < {MIN_BOOTSTRAP_DOCS}"
+    return "yes" if row["excludes_zero"] else "no"
+
+
+BOOTSTRAP_NOTE = (
+    "Differences of per-document scores (x100), the same documents for both models; percentile 95% interval over "
+    "{samples} resamples of the documents (seed {seed}). \"All languages\" pools the documents of every language. "
+    f"With fewer than {MIN_BOOTSTRAP_DOCS} documents the interval is shown but not called."
+)
 
 
 def bootstrap_markdown(rows: list[dict], samples: int, seed: int) -> str:
@@ -213,18 +235,14 @@ def bootstrap_markdown(rows: list[dict], samples: int, seed: int) -> str:
     ]
     for row in rows:
         interval = "–" if row["low"] is None else f"[{row['low']:.2f}, {row['high']:.2f}]"
-        excludes = "–" if row["excludes_zero"] is None else ("yes" if row["excludes_zero"] else "no")
+        excludes = verdict(row)
         lines.append(
             f"| {lang_name(row['lang'])} | {row['model']} − {row['reference']} | {row['label']} | {row['n']} | "
             f"{fmt(row['diff'])} | {interval} | {excludes} |"
         )
     if not rows:
         lines.append("| – | no trained variant to compare | – | – | – | – | – |")
-    return (
-        "# Paired bootstrap\n\n"
-        f"Differences of per-document scores (x100), the same documents for both models; percentile 95% "
-        f"interval over {samples} resamples of the documents (seed {seed}).\n\n" + "\n".join(lines) + "\n"
-    )
+    return "# Paired bootstrap\n\n" + BOOTSTRAP_NOTE.format(samples=samples, seed=seed) + "\n\n" + "\n".join(lines) + "\n"
 
 
 def write_bootstrap_csv(path: Path, rows: list[dict]) -> None:
@@ -387,7 +405,7 @@ def index_html(rows, boot_rows, note, samples, seed, bar_paths: dict[str, Path],
             [
                 lang_name(r["lang"]), f"{r['model']} − {r['reference']}", r["label"], r["n"], fmt(r["diff"]),
                 "–" if r["low"] is None else f"[{r['low']:.2f}, {r['high']:.2f}]",
-                "–" if r["excludes_zero"] is None else ("yes" if r["excludes_zero"] else "no"),
+                verdict(r),
             ]
             for r in boot_rows
         ],
@@ -403,8 +421,7 @@ def index_html(rows, boot_rows, note, samples, seed, bar_paths: dict[str, Path],
 <h2>Documents</h2>
 {counts}
 <h2>Paired bootstrap</h2>
-<p class="note">Differences of per-document scores (x100), the same documents for both models; percentile 95%
-interval over {samples} resamples of the documents (seed {seed}).</p>
+<p class="note">{html.escape(BOOTSTRAP_NOTE.format(samples=samples, seed=seed))}</p>
 {boot}
 <h2>Scores per language</h2>
 {bars}

@@ -72,6 +72,7 @@ class TrainSettings:
     weight_decay: float = 0.01
     tokens_per_batch: int = 16384
     gradient_checkpointing: bool = False
+    trainable_layers: int | None = None
     dtype: str = "auto"
     eval_max_new_tokens: int = 256
     eval_batch_size: int = 16
@@ -93,6 +94,26 @@ class TrainSettings:
         if "temperature" in kl:
             values["kl_temperature"] = kl["temperature"]
         return cls(**values)
+
+
+def freeze_lower_layers(model, trainable_layers: int | None) -> None:
+    """Train only the top `trainable_layers` decoder layers and the final norm (None: every parameter).
+
+    The embeddings (tied to the LM head in small models) and the lower layers stay as they are, so the
+    backward pass stops at the first trainable layer: about half the compute of full fine-tuning when few
+    layers train. For CPU runs; the paper trains every parameter.
+    """
+    if trainable_layers is None:
+        return
+    layers = model.model.layers
+    if not 1 <= trainable_layers <= len(layers):
+        raise ClinsumError(f"train.trainable_layers must lie between 1 and {len(layers)} (the model's layers), got {trainable_layers}")
+    model.requires_grad_(False)
+    for layer in layers[len(layers) - trainable_layers :]:
+        layer.requires_grad_(True)
+    model.model.norm.requires_grad_(True)
+    if model.config.tie_word_embeddings is False:
+        model.lm_head.requires_grad_(True)
 
 
 def is_improvement(score: float, best: float | None) -> bool:
@@ -646,6 +667,7 @@ def train(
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
+    freeze_lower_layers(model, settings.trainable_layers)
     model.train()
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]

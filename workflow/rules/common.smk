@@ -54,6 +54,17 @@ def model_input(ref):
     return model_path(ref)
 
 
+def stage_python(section):
+    """The interpreter that runs a section's jobs: `python` on PATH (a rule's conda environment under
+    `--sdm conda`), or the section's `python`, e.g. a separate vLLM environment (`.venv-vllm/bin/python`).
+    """
+    return config.get(section, {}).get("python", "python")
+
+
+# keys of a section that say how a job runs, not what it computes
+JOB_KEYS = ("resources", "python")
+
+
 def rule_resources(section, key, default):
     """A job resource from the `resources` of a config section (a section may be absent)."""
     return config.get(section, {}).get("resources", {}).get(key, default)
@@ -123,7 +134,9 @@ def teacher_settings():
     """What changes the teacher's output: its section (not resources) and the extraction prompt."""
     return {
         "teacher": {
-            key: value for key, value in config["teacher"].items() if key != "resources"
+            key: value
+            for key, value in config["teacher"].items()
+            if key not in JOB_KEYS
         },
         "extract": config["prompts"]["extract"],
         "role": config["prompts"].get("role", "system"),
@@ -229,7 +242,7 @@ def summarize_prompt(lang):
 
 def infer_settings():
     """What changes the predictions (not the resources a job asks for)."""
-    return {key: value for key, value in config["infer"].items() if key != "resources"}
+    return {key: value for key, value in config["infer"].items() if key not in JOB_KEYS}
 
 
 INFER_GPU_MODEL = gpu_model_resource("infer")

@@ -19,10 +19,11 @@ rule infer:
         mem_mb=rule_resources("infer", "mem_mb", 16000),
         runtime=rule_resources("infer", "runtime", 240),
     params:
+        python=stage_python("infer"),
         settings=as_json(infer_settings()),
         instruction=lambda wildcards: summarize_prompt(wildcards.lang),
         role=config["prompts"].get("role", "system"),
     shell:
-        "python -m clinsum infer --model-dir {input.model:q} --corpus {input.corpus} --split {input.split}"
+        "{params.python:q} -m clinsum infer --model-dir {input.model:q} --corpus {input.corpus} --split {input.split}"
         " --lang {wildcards.lang} --settings {params.settings:q} --instruction {params.instruction:q}"
         " --role {params.role} --threads {threads} --out {output} > {log} 2>&1"

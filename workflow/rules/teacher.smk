@@ -23,12 +23,13 @@ rule teacher:
         mem_mb=rule_resources("teacher", "mem_mb", 16000),
         runtime=rule_resources("teacher", "runtime", 240),
     params:
+        python=stage_python("teacher"),
         settings=as_json(teacher_settings()),
         topk=lambda wildcards, output: (
             f"--topk-out {output.topk}" if TEACHER_TOPK else ""
         ),
     shell:
-        "python -m clinsum teacher run --corpus {input.corpus} --split {input.split} --model-dir {input.model:q}"
+        "{params.python:q} -m clinsum teacher run --corpus {input.corpus} --split {input.split} --model-dir {input.model:q}"
         " --settings {params.settings:q} --shard {wildcards.scatteritem} --lang {wildcards.lang}"
         " --threads {threads} --out {output.records} {params.topk} > {log} 2>&1"
 
