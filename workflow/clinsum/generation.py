@@ -252,6 +252,11 @@ class VllmGenerator(Generator):
         enforce_eager: bool = False,
     ):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kvcache_space_gb))
+        # vLLM's CPU worker binds its OpenMP threads to the cores it picks (VLLM_CPU_OMP_THREADS_BIND) but
+        # keeps OMP_NUM_THREADS when set, as Snakemake sets it for every job: with 2 cores that is 2 threads
+        # spinning on its 1 worker core, several times slower here. Let vLLM size its own pool.
+        if os.environ.pop("OMP_NUM_THREADS", None) is not None:
+            log.info("OMP_NUM_THREADS unset for vLLM, which binds its own threads")
         try:
             import vllm
         except ImportError as error:

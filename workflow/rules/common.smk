@@ -58,7 +58,17 @@ def stage_python(section):
     """The interpreter that runs a section's jobs: `python` on PATH (a rule's conda environment under
     `--sdm conda`), or the section's `python`, e.g. a separate vLLM environment (`.venv-vllm/bin/python`).
     """
-    return config.get(section, {}).get("python", "python")
+    python = config.get(section, {}).get("python", "python")
+    if "/" in python and not Path(python).exists():
+        raise WorkflowError(
+            f"config {section}.python: {python} does not exist"
+            + (
+                " (`make vllm-cpu-env` builds .venv-vllm)"
+                if ".venv-vllm" in python
+                else ""
+            )
+        )
+    return python
 
 
 # keys of a section that say how a job runs, not what it computes
