@@ -154,7 +154,11 @@ def test_stage_code_change_reruns_that_stage_and_what_follows(tiny_run):
 
 def test_stage_python_runs_the_teacher_and_infer_jobs(tiny_run):
     """`teacher.python` / `infer.python` (e.g. a separate vLLM environment) run those jobs and no other."""
-    interpreter = "/opt/vllm env/bin/python"
+    env_bin = tiny_run / "vllm env" / "bin"  # a space in the path: the command must quote it
+    env_bin.mkdir(parents=True, exist_ok=True)
+    if not (env_bin / "python").exists():
+        (env_bin / "python").symlink_to(sys.executable)
+    interpreter = str(env_bin / "python")
 
     def change(config):
         config["teacher"]["python"] = interpreter
