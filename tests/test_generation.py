@@ -53,6 +53,17 @@ def test_stop_ids_and_dtype(tokenizer):
         generation.load_generator("onnx", "/nowhere")
 
 
+def test_vllm_sizes_its_own_thread_pools():
+    # what Snakemake exports to a job with threads: 2
+    snakemake_env = {name: "2" for name in ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                            "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")}
+    environ = {**snakemake_env, "VLLM_CPU_KVCACHE_SPACE": "2"}
+    assert generation.release_thread_limits(environ) == ["OMP_NUM_THREADS", "MKL_NUM_THREADS"]
+    assert "OMP_NUM_THREADS" not in environ and "MKL_NUM_THREADS" not in environ
+    assert environ["OPENBLAS_NUM_THREADS"] == "2" and environ["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    assert generation.release_thread_limits(environ) == []
+
+
 def test_transformers_batches_return_input_order_and_topk(tiny_dir, tokenizer):
     import torch
     from transformers import AutoModelForCausalLM

@@ -228,6 +228,21 @@ class TransformersGenerator(Generator):
         gc.collect()
 
 
+# Thread counts Snakemake exports to every job (with OPENBLAS/GOTO/VECLIB/NUMEXPR, which do no harm here).
+# vLLM's CPU worker binds its OpenMP threads to the cores it picks (VLLM_CPU_OMP_THREADS_BIND), but keeps
+# these when set: with 2 cores, OMP_NUM_THREADS=2 is 2 threads spinning on its 1 worker core, and
+# MKL_NUM_THREADS=2 alone made a teacher job 7x slower (12 reports: 10 min instead of 86 s).
+VLLM_OWN_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def release_thread_limits(environ=os.environ) -> list[str]:
+    """Unset the thread counts that vLLM's CPU worker must size itself; return the names unset."""
+    released = [name for name in VLLM_OWN_THREAD_VARS if environ.pop(name, None) is not None]
+    if released:
+        log.info("%s unset for vLLM, which binds its own threads", ", ".join(released))
+    return released
+
+
 class VllmGenerator(Generator):
     """vLLM's offline engine (`vllm.LLM`) fed with token-id prompts.
 
@@ -252,11 +267,7 @@ class VllmGenerator(Generator):
         enforce_eager: bool = False,
     ):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kvcache_space_gb))
-        # vLLM's CPU worker binds its OpenMP threads to the cores it picks (VLLM_CPU_OMP_THREADS_BIND) but
-        # keeps OMP_NUM_THREADS when set, as Snakemake sets it for every job: with 2 cores that is 2 threads
-        # spinning on its 1 worker core, several times slower here. Let vLLM size its own pool.
-        if os.environ.pop("OMP_NUM_THREADS", None) is not None:
-            log.info("OMP_NUM_THREADS unset for vLLM, which binds its own threads")
+        release_thread_limits()
         try:
             import vllm
         except ImportError as error:
