@@ -31,20 +31,6 @@ def check_teacher_gpus():
 check_teacher_gpus()
 
 
-def check_kl_has_teacher_topk():
-    """distil_kl learns from the teacher's top-k log-probabilities, which only top_logprobs > 0 keeps."""
-    if "distil_kl" in config["train"]["variants"] and not config["teacher"].get(
-        "top_logprobs", 0
-    ):
-        raise WorkflowError(
-            "config train.variants has distil_kl, which learns from the teacher's top-k log-probabilities,"
-            " but teacher.top_logprobs is 0: set it above 0 (config/distil-kl.yaml sets 8)"
-        )
-
-
-check_kl_has_teacher_topk()
-
-
 def code(*modules):
     """The stage's own modules as inputs, so that changing a stage's code reruns it and what follows."""
     return [str(CODE / f"{module}.py") for module in modules]
@@ -152,6 +138,18 @@ def model_source(wildcards):
 # ---------------------------------------------------------------- teacher
 
 TEACHER_TOPK = config["teacher"].get("top_logprobs", 0) > 0
+
+
+def check_kl_has_teacher_topk():
+    """distil_kl learns from the teacher's top-k log-probabilities, which only top_logprobs > 0 keeps."""
+    if "distil_kl" in config["train"]["variants"] and not TEACHER_TOPK:
+        raise WorkflowError(
+            "config train.variants has distil_kl, which learns from the teacher's top-k log-probabilities,"
+            " but teacher.top_logprobs is 0: set it above 0 (config/distil-kl.yaml sets 8)"
+        )
+
+
+check_kl_has_teacher_topk()
 
 
 def teacher_settings():
