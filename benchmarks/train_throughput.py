@@ -97,9 +97,10 @@ def _autocast(device):
 
     import torch
 
+    from clinsum.generation import native_bf16
+
     if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
+        return torch.autocast("cuda", dtype=torch.bfloat16 if native_bf16() else torch.float16)
     return contextlib.nullcontext()
 
 

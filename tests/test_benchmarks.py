@@ -1,0 +1,61 @@
+"""The training benchmark runs all three recipes end to end and counts useful tokens correctly."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+def load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_train_throughput_counts_useful_tokens_of_each_recipe(tmp_path):
+    bench = load_benchmark("train_throughput")
+    out = tmp_path / "train.json"
+    # as the README runs it: each recipe in a process of its own
+    run = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "train_throughput.py"), "--device", "cpu", "--arch", "small",
+         "--steps", "1", "--warmup", "0", "--tokens-per-batch", "4096", "--max-rows", "2", "--threads", "2",
+         "--json", str(out)],
+        capture_output=True, text=True,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "ours / paper useful tokens per second" in run.stdout
+    report = json.loads(out.read_text())
+    results = report["results"]
+    assert set(results) == {"paper", "ours", "ours_max"}
+
+    # paper: one document a step, both tasks, every prompt and answer token is useful, padding is not
+    first = bench.synthetic_documents(2000, seed=0)[0]
+    paper = results["paper"]
+    assert paper["steps"] == 1 and paper["rows_per_step"] == 2
+    assert paper["useful_tokens"] == 2 * first["prompt"] + first["summarize"] + first["extract"]
+
+    # ours: whole documents (an even number of rows) under the padded-token budget; a document over the
+    # budget is a batch of its own
+    ours = results["ours"]
+    assert ours["rows_per_step"] >= 2 and ours["rows_per_step"] % 2 == 0
+    assert 0 < ours["useful_tokens"] <= 4096 or ours["rows_per_step"] == 2
+
+    # ours_max: the fixed batch of maximum-length rows
+    assert results["ours_max"]["rows_per_step"] == 2
+    assert results["ours_max"]["useful_tokens"] == 2 * bench.PAPER_LENGTH
+
+    for result in results.values():
+        assert result["useful_tokens_per_s"] > 0
+        assert result["peak_gib"] > 0 and result["peak_kind"] == "process peak RSS"
+        assert 0 < result["final_loss"] < 20  # cross-entropy of random weights over 151,936 ids is ~12
+    assert report["ratio_ours_over_paper"] == pytest.approx(
+        ours["useful_tokens_per_s"] / paper["useful_tokens_per_s"]
+    )
