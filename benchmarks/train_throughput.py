@@ -12,7 +12,9 @@ autocast on a GPU that supports it, fp32 on CPU):
   memory target (≤ 12 GiB on a GPU with ≥ 8 rows).
 
 Useful tokens are non-padding tokens (prompt + answer) of both recipes. Each recipe runs in its own
-process so its peak memory is its own (GPU: max allocated; CPU: peak resident set size).
+process so its peak memory is its own (GPU: max allocated; CPU: peak resident set size). A recipe that
+fails, by running out of memory say, is a `failed` row with its error (in the JSON too); the others still
+run, and the exit status is 1.
 
     python benchmarks/train_throughput.py --device cuda --arch qwen0.5b --steps 20
     python benchmarks/train_throughput.py --device cpu --arch small --steps 3
@@ -28,6 +30,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from queue import Empty
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
@@ -156,7 +159,7 @@ def max_steps(rows, vocab, device):
         yield {k: v.to(device) for k, v in tensors.items()}, useful, rows
 
 
-def run_recipe(recipe, args, queue):
+def measure_recipe(recipe, args) -> dict:
     import resource
 
     import torch
@@ -215,19 +218,52 @@ def run_recipe(recipe, args, queue):
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB  # Linux reports KiB
         peak_kind = "process peak RSS"
-    queue.put(
-        {
-            "recipe": recipe,
-            "steps": measured,
-            "rows_per_step": rows_total / max(1, measured),
-            "useful_tokens": useful_total,
-            "seconds": seconds,
-            "useful_tokens_per_s": useful_total / seconds if seconds else None,
-            "peak_gib": peak,
-            "peak_kind": peak_kind,
-            "final_loss": float(loss.detach()) if loss is not None else None,
-        }
-    )
+    return {
+        "recipe": recipe,
+        "steps": measured,
+        "rows_per_step": rows_total / max(1, measured),
+        "useful_tokens": useful_total,
+        "seconds": seconds,
+        "useful_tokens_per_s": useful_total / seconds if seconds else None,
+        "peak_gib": peak,
+        "peak_kind": peak_kind,
+        "final_loss": float(loss.detach()) if loss is not None else None,
+    }
+
+
+def run_recipe(recipe, args, queue):
+    """Child process: the recipe's result, or its error (a CUDA out-of-memory, say), to the parent."""
+    try:
+        queue.put(measure_recipe(recipe, args))
+    except Exception as error:  # noqa: BLE001 - reported as this recipe's row, the others still run
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        queue.put({"recipe": recipe, "error": f"{type(error).__name__}: {first_line}"})
+
+
+def run_in_process(context, recipe, args) -> dict:
+    """One recipe in its own process (its peak memory is its own); a child killed from outside, by the
+    kernel's out-of-memory killer most often, becomes an error row instead of a parent waiting forever."""
+    queue = context.Queue()
+    process = context.Process(target=run_recipe, args=(recipe, args, queue))
+    process.start()
+    while True:
+        try:
+            result = queue.get(timeout=5)
+            break
+        except Empty:
+            if process.is_alive():
+                continue
+            try:  # it may have put its result just before exiting
+                result = queue.get(timeout=5)
+            except Empty:
+                code = process.exitcode
+                cause = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+                if code == -9:
+                    cause += " (SIGKILL: the out-of-memory killer, most likely)"
+                result = {"recipe": recipe, "error": f"process {cause} before reporting"}
+            break
+    process.join()
+    return result
 
 
 def main(argv=None) -> int:
@@ -255,19 +291,19 @@ def main(argv=None) -> int:
     context = multiprocessing.get_context("spawn")
     results = {}
     for recipe in args.recipes:
-        queue = context.Queue()
-        process = context.Process(target=run_recipe, args=(recipe, args, queue))
-        process.start()
-        results[recipe] = queue.get()
-        process.join()
+        results[recipe] = run_in_process(context, recipe, args)
+    failed = [name for name, r in results.items() if "error" in r]
 
     print(f"\n{device_name}; arch {args.arch}; tokens_per_batch {args.tokens_per_batch}; "
           f"gradient checkpointing (ours) {args.gradient_checkpointing}")
     print(f"{'recipe':10} {'steps':>5} {'rows/step':>9} {'useful tok/s':>13} {'peak GiB':>9}  peak")
     for name, r in results.items():
+        if "error" in r:
+            print(f"{name:10} failed: {r['error']}")
+            continue
         print(f"{name:10} {r['steps']:5d} {r['rows_per_step']:9.1f} {r['useful_tokens_per_s']:13,.0f} {r['peak_gib']:9.2f}  {r['peak_kind']}")
     ratio = None
-    if "paper" in results and "ours" in results:
+    if "paper" in results and "ours" in results and not {"paper", "ours"} & set(failed):
         ratio = results["ours"]["useful_tokens_per_s"] / results["paper"]["useful_tokens_per_s"]
         print(f"ours / paper useful tokens per second: {ratio:.2f}x")
     report = {
@@ -285,6 +321,9 @@ def main(argv=None) -> int:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.json}")
+    if failed:
+        print(f"failed recipes: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

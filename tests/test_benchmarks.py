@@ -59,3 +59,20 @@ def test_train_throughput_counts_useful_tokens_of_each_recipe(tmp_path):
     assert report["ratio_ours_over_paper"] == pytest.approx(
         ours["useful_tokens_per_s"] / paper["useful_tokens_per_s"]
     )
+
+
+@pytest.mark.slow
+def test_train_throughput_reports_a_failed_recipe_and_keeps_the_others(tmp_path):
+    out = tmp_path / "train.json"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "train_throughput.py"), "--device", "cpu", "--arch", "small",
+         "--recipes", "ours_max", "ours", "--tokens-per-batch", "0", "--max-rows", "1", "--steps", "1",
+         "--warmup", "0", "--threads", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 1
+    assert "ours       failed: ValueError: tokens_per_batch must be positive, got 0" in run.stdout
+    assert "failed recipes: ours" in run.stderr
+    results = json.loads(out.read_text())["results"]
+    assert results["ours"]["error"].startswith("ValueError: tokens_per_batch must be positive")
+    assert results["ours_max"]["useful_tokens"] == 3078 and "error" not in results["ours_max"]
