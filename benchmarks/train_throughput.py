@@ -246,22 +246,21 @@ def run_in_process(context, recipe, args) -> dict:
     queue = context.Queue()
     process = context.Process(target=run_recipe, args=(recipe, args, queue))
     process.start()
-    while True:
+    result = None
+    while result is None and process.is_alive():
         try:
             result = queue.get(timeout=5)
-            break
         except Empty:
-            if process.is_alive():
-                continue
-            try:  # it may have put its result just before exiting
-                result = queue.get(timeout=5)
-            except Empty:
-                code = process.exitcode
-                cause = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
-                if code == -9:
-                    cause += " (SIGKILL: the out-of-memory killer, most likely)"
-                result = {"recipe": recipe, "error": f"process {cause} before reporting"}
-            break
+            pass
+    if result is None:
+        try:  # it may have put its result just before exiting
+            result = queue.get(timeout=5)
+        except Empty:
+            code = process.exitcode
+            cause = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            if code == -9:
+                cause += " (SIGKILL: the out-of-memory killer, most likely)"
+            result = {"recipe": recipe, "error": f"process {cause} before reporting"}
     process.join()
     return result
 
@@ -303,7 +302,7 @@ def main(argv=None) -> int:
             continue
         print(f"{name:10} {r['steps']:5d} {r['rows_per_step']:9.1f} {r['useful_tokens_per_s']:13,.0f} {r['peak_gib']:9.2f}  {r['peak_kind']}")
     ratio = None
-    if "paper" in results and "ours" in results and not {"paper", "ours"} & set(failed):
+    if {"paper", "ours"} <= set(results) - set(failed):
         ratio = results["ours"]["useful_tokens_per_s"] / results["paper"]["useful_tokens_per_s"]
         print(f"ours / paper useful tokens per second: {ratio:.2f}x")
     report = {
