@@ -19,17 +19,18 @@ def load_benchmark(name: str):
     return module
 
 
+def run_train_benchmark(out, *args) -> subprocess.CompletedProcess:
+    """As the README runs it (each recipe in a process of its own), on the small CPU architecture."""
+    command = [sys.executable, str(REPO / "benchmarks" / "train_throughput.py"), "--device", "cpu", "--arch", "small",
+               "--warmup", "0", "--steps", "1", "--threads", "2", "--json", str(out), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
 @pytest.mark.slow
 def test_train_throughput_counts_useful_tokens_of_each_recipe(tmp_path):
     bench = load_benchmark("train_throughput")
     out = tmp_path / "train.json"
-    # as the README runs it: each recipe in a process of its own
-    run = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "train_throughput.py"), "--device", "cpu", "--arch", "small",
-         "--steps", "1", "--warmup", "0", "--tokens-per-batch", "4096", "--max-rows", "2", "--threads", "2",
-         "--json", str(out)],
-        capture_output=True, text=True,
-    )
+    run = run_train_benchmark(out, "--tokens-per-batch", "4096", "--max-rows", "2")
     assert run.returncode == 0, run.stderr[-2000:]
     assert "ours / paper useful tokens per second" in run.stdout
     report = json.loads(out.read_text())
@@ -64,12 +65,7 @@ def test_train_throughput_counts_useful_tokens_of_each_recipe(tmp_path):
 @pytest.mark.slow
 def test_train_throughput_reports_a_failed_recipe_and_keeps_the_others(tmp_path):
     out = tmp_path / "train.json"
-    run = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "train_throughput.py"), "--device", "cpu", "--arch", "small",
-         "--recipes", "ours_max", "ours", "--tokens-per-batch", "0", "--max-rows", "1", "--steps", "1",
-         "--warmup", "0", "--threads", "2", "--json", str(out)],
-        capture_output=True, text=True, timeout=600,
-    )
+    run = run_train_benchmark(out, "--recipes", "ours_max", "ours", "--tokens-per-batch", "0", "--max-rows", "1")
     assert run.returncode == 1
     assert "ours       failed: ValueError: tokens_per_batch must be positive, got 0" in run.stdout
     assert "failed recipes: ours" in run.stderr
