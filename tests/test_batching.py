@@ -112,3 +112,40 @@ def test_document_units_stay_together_and_batches_mix_tasks():
             assert {tasks[i] for i in batch} == {"summarize", "extract"}
     padded = sum(padded_tokens([lengths[i] for i in b]) for b in batches)
     assert sum(lengths) / padded > 0.8
+
+
+@pytest.mark.parametrize("per_step", [1, 2, 7])
+def test_document_steps_take_whole_documents_per_step(per_step):
+    from clinsum.batching import document_steps, steps_per_epoch
+
+    lengths = _lengths(203, seed=6)
+    steps = document_steps(lengths, per_step, seed=epoch_seed(42, 0), pool_steps=8)
+    assert sorted(u for step in steps for u in step) == list(range(203))
+    assert len(steps) == steps_per_epoch(203, per_step) == -(-203 // per_step)
+    assert all(len(step) == per_step for step in steps[:-1]) and 1 <= len(steps[-1]) <= per_step
+    assert steps == document_steps(lengths, per_step, seed=epoch_seed(42, 0), pool_steps=8)
+    assert steps != document_steps(lengths, per_step, seed=epoch_seed(42, 1), pool_steps=8)
+    if per_step > 1:
+        # documents of similar length share a step: much less spread inside steps than between random pairs
+        spread = sum(max(lengths[u] for u in s) - min(lengths[u] for u in s) for s in steps) / len(steps)
+        rng = random.Random(0)
+        shuffled = rng.sample(range(203), 203)
+        random_spread = sum(
+            max(lengths[u] for u in shuffled[i : i + per_step]) - min(lengths[u] for u in shuffled[i : i + per_step])
+            for i in range(0, 203, per_step)
+        ) / len(steps)
+        assert spread < 0.5 * random_spread
+    with pytest.raises(ValueError):
+        document_steps(lengths, 0, seed=0)
+
+
+def test_micro_batches_cover_the_step_under_the_budget():
+    from clinsum.batching import micro_batches
+
+    lengths = [3078, 1200, 900, 3000, 50, 5000]
+    rows = [0, 1, 2, 3, 4, 5]
+    batches = micro_batches(rows, lengths, 6200)
+    assert sorted(r for b in batches for r in b) == rows
+    assert [5] in batches  # over the budget: alone
+    assert all(padded_tokens([lengths[r] for r in b]) <= 6200 for b in batches if b != [5])
+    assert micro_batches([1, 2], lengths, 10**6) == [[1, 2]]

@@ -3,7 +3,8 @@ import json
 import pytest
 
 from clinsum.chat import build_messages, encode_example, encode_prompt
-from clinsum.crop import crop_answer, crop_corpus, crop_prompt, crop_to_tokens
+from clinsum.chat import crop_answer, crop_prompt, crop_to_tokens
+from clinsum.crop import crop_corpus
 from clinsum.ingest import ingest
 from clinsum.io import read_json, read_jsonl
 from clinsum.split import split_language

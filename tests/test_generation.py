@@ -101,6 +101,33 @@ def test_sampling_is_seeded(tiny_dir, tokenizer):
     assert [c.token_ids for c in first] == [c.token_ids for c in again]
 
 
+def test_repetition_penalty_is_vllms_and_ignores_padding(tiny_dir, tokenizer):
+    """The penalty on one unpadded row equals transformers' own processor; in a left-padded batch each row
+    generates what it generates alone (the pad token is not penalized); and it changes greedy outputs."""
+    import torch
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    torch.manual_seed(0)
+    row = torch.tensor([[5, 9, 9, 31, 2]])
+    scores = torch.randn(1, 40)
+    ours = generation.RepetitionPenalty(1.3, [0])(row, scores.clone())
+    theirs = RepetitionPenaltyLogitsProcessor(1.3)(row, scores.clone())
+    torch.testing.assert_close(ours, theirs)
+    padded = torch.tensor([[0, 0, 5, 9], [7, 8, 5, 9]])
+    two = generation.RepetitionPenalty(1.3, [2, 0])(padded, scores.repeat(2, 1))
+    assert two[0, 0] == scores[0, 0] and two[1, 7] != scores[0, 7]  # pad id 0 untouched in row 0
+
+    prompts = prompts_for(tokenizer)
+    generator = generation.TransformersGenerator(tiny_dir, dtype="float32", batch_size=4)
+    batched = generator.generate(prompts, max_new_tokens=12, repetition_penalty=5.0)
+    alone = [generator.generate([p], max_new_tokens=12, repetition_penalty=5.0)[0] for p in prompts]
+    assert [c.token_ids for c in batched] == [c.token_ids for c in alone]
+    plain = generator.generate(prompts, max_new_tokens=12)
+    assert [c.token_ids for c in plain] != [c.token_ids for c in batched]
+    with pytest.raises(ClinsumError, match="repetition_penalty"):
+        generator.generate(prompts, 4, repetition_penalty=0)
+
+
 def test_empty_prompt_rejected(tiny_dir):
     generator = generation.TransformersGenerator(tiny_dir, dtype="float32")
     with pytest.raises(ClinsumError, match="prompt 1 is empty"):
@@ -118,6 +145,7 @@ def test_vllm_matches_transformers(smol_dir):
     prompts = prompts_for(tokenizer)
     reference = generation.TransformersGenerator(smol_dir, dtype="float32", batch_size=4)
     expected = reference.generate(prompts, max_new_tokens=16, top_logprobs=5)
+    expected_penalized = reference.generate(prompts, max_new_tokens=16, repetition_penalty=1.3)
 
     # eager mode: compiling the model takes minutes on a CPU, longer than this whole test
     engine = generation.VllmGenerator(
@@ -126,6 +154,7 @@ def test_vllm_matches_transformers(smol_dir):
     )
     try:
         got = engine.generate(prompts, max_new_tokens=16, top_logprobs=5)
+        penalized = engine.generate(prompts, max_new_tokens=16, repetition_penalty=1.3)
     finally:
         engine.close()
 
@@ -140,3 +169,6 @@ def test_vllm_matches_transformers(smol_dir):
         ids, values = direct_topk(model, prompt, vllm_out.token_ids, 5)
         np.testing.assert_allclose(vllm_out.top_logprobs, values, atol=2e-3)
         assert (vllm_out.top_ids == ids).mean() > 0.95
+    # the repetition penalty means the same in both backends
+    assert [c.token_ids for c in penalized] == [c.token_ids for c in expected_penalized]
+    assert [c.token_ids for c in penalized] != [c.token_ids for c in got]

@@ -84,7 +84,7 @@ class FakeGenerator(Generator):
         self.dtype, self.respond, self.log = dtype, respond, log
         self.closed = False
 
-    def generate(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, top_logprobs=0, seed=0):
+    def generate(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, top_logprobs=0, seed=0, repetition_penalty=1.0):
         assert not self.closed
         self.log.append((self.dtype, len(prompts)))
         return [self.respond(self.dtype, prompt) for prompt in prompts]
@@ -147,7 +147,7 @@ def test_period_share_threshold():
 @pytest.mark.parametrize("lang", sorted(PROMPTS))
 def test_localized_prompt_in_system_turn(tokenizer, lang):
     report = "Paciente de 45 anos com dor torácica."
-    ids, truncated = infer.build_prompt(tokenizer, PROMPTS[lang], report, "system", 16384)
+    ids, truncated = chat.encode_cropped_prompt(tokenizer, PROMPTS[lang], report, "system", 16384, "infer.max_input_tokens")
     assert not truncated
     formatted = tokenizer.decode(ids)
     system_turn = formatted.split("<|im_start|>system\n", 1)[1].split("<|im_end|>", 1)[0]
@@ -158,7 +158,7 @@ def test_localized_prompt_in_system_turn(tokenizer, lang):
 
 
 def test_localized_prompt_in_user_turn(tokenizer):
-    ids, _ = infer.build_prompt(tokenizer, PROMPTS["fr"], "Rapport.", "user", 16384)
+    ids, _ = chat.encode_cropped_prompt(tokenizer, PROMPTS["fr"], "Rapport.", "user", 16384, "infer.max_input_tokens")
     assert "<|im_start|>user\nRésumer le texte clinique:\nRapport.<|im_end|>" in tokenizer.decode(ids)
 
 
@@ -166,7 +166,7 @@ def test_localized_prompt_in_user_turn(tokenizer):
 def test_long_report_is_cropped_to_fit(tokenizer, max_input_tokens):
     # accented words split into several byte-level tokens: a careless cut leaves a broken character
     report = "Síndrome febril com évolution défavorable, ñandú über æøå — " * 60
-    ids, truncated = infer.build_prompt(tokenizer, PROMPTS["pt"], report, "system", max_input_tokens)
+    ids, truncated = chat.encode_cropped_prompt(tokenizer, PROMPTS["pt"], report, "system", max_input_tokens, "infer.max_input_tokens")
     assert truncated
     assert max_input_tokens - 4 <= len(ids) <= max_input_tokens  # fits, and little of the budget is wasted
     formatted = tokenizer.decode(ids)
@@ -178,13 +178,13 @@ def test_long_report_is_cropped_to_fit(tokenizer, max_input_tokens):
 
 def test_short_report_is_kept_whole(tokenizer):
     report = "Short report."
-    ids, truncated = infer.build_prompt(tokenizer, PROMPTS["en"], report, "system", 64)
+    ids, truncated = chat.encode_cropped_prompt(tokenizer, PROMPTS["en"], report, "system", 64, "infer.max_input_tokens")
     assert not truncated and report in tokenizer.decode(ids)
 
 
 def test_budget_below_template_is_an_error(tokenizer):
     with pytest.raises(ClinsumError, match="max_input_tokens=16 leaves no room"):
-        infer.build_prompt(tokenizer, PROMPTS["en"], "A report. " * 20, "system", 16)
+        chat.encode_cropped_prompt(tokenizer, PROMPTS["en"], "A report. " * 20, "system", 16, "infer.max_input_tokens")
 
 
 # --- inputs ---
@@ -372,7 +372,7 @@ def test_forced_nan_in_float16_is_redone_in_float32(tmp_path, tokenizer, nan16_d
 
     # the predictions are exactly float32's
     reference = TransformersGenerator(nan16_dir, dtype="float32", batch_size=4)
-    prompts = [infer.build_prompt(tokenizer, PROMPTS["en"], d.text, "system", 16384)[0] for d in docs]
+    prompts = [chat.encode_cropped_prompt(tokenizer, PROMPTS["en"], d.text, "system", 16384, "infer.max_input_tokens")[0] for d in docs]
     expected = reference.generate(prompts, 8)
     assert [r["prediction"] for r in records] == [c.text.strip() for c in expected]
     assert [r["completion_tokens"] for r in records] == [len(c.token_ids) for c in expected]

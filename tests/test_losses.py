@@ -17,6 +17,7 @@ from clinsum.losses import (  # noqa: E402
     batch_loss,
     dual_loss,
     example_labels,
+    label_totals,
     teacher_answer_ids,
     topk_kl_with_tail,
 )
@@ -119,6 +120,45 @@ def test_batched_dual_loss_equals_per_sequence_reference(model, tokenizer, chunk
         torch.testing.assert_close(ours[name], p.grad, atol=1e-5, rtol=1e-4, msg=f"gradient of {name}")
 
 
+@pytest.mark.parametrize("beta", [0.0, 0.4])
+def test_micro_batches_accumulate_the_whole_steps_gradient(model, tokenizer, beta):
+    """A step split into micro-batches (any split) gives the loss and gradient of the step in one batch."""
+    np = pytest.importorskip("numpy")
+    gamma, temperature = 0.8, 2.0
+    examples = _examples(tokenizer, ["summarize", "extract", "summarize", "extract", "extract"])
+    rng = np.random.default_rng(0)
+    for example in examples:
+        if example["task"] == TASK_ID["extract"]:
+            rows = len(example["answer_ids"]) - 1
+            example["teacher_ids"] = rng.integers(0, model.config.vocab_size, size=(rows, 4)).astype(np.int32)
+            example["teacher_logprobs"] = np.log(rng.dirichlet(np.ones(5), size=rows)[:, :4]).astype(np.float32)
+
+    def run(groups):
+        model.zero_grad()
+        batches = [collate([examples[i] for i in group], pad_id=tokenizer.pad_token_id) for group in groups]
+        totals = label_totals(batches, beta)
+        total_loss, sums = 0.0, {"loss_sum": 0.0, "loss_ext": 0.0, "loss_kl": 0.0}
+        for batch in batches:
+            batch.pop("useful_tokens")
+            loss, parts = batch_loss(model, batch, gamma, beta, temperature, chunk_size=7, totals=totals)
+            loss.backward()
+            total_loss += loss.item()
+            for key in sums:
+                sums[key] += parts[key]
+        return total_loss, sums, totals, {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    whole = run([[0, 1, 2, 3, 4]])
+    for groups in ([[0], [1], [2], [3], [4]], [[4, 0], [2, 3, 1]]):
+        split = run(groups)
+        assert split[0] == pytest.approx(whole[0], abs=1e-5)
+        assert split[2] == whole[2]
+        for key in whole[1]:
+            assert split[1][key] == pytest.approx(whole[1][key], abs=1e-5)
+        for name in whole[3]:
+            torch.testing.assert_close(split[3][name], whole[3][name], atol=1e-5, rtol=1e-4, msg=name)
+    assert whole[2]["n_kl"] == (sum(len(e["answer_ids"]) - 1 for e in examples if e["task"] == 1) if beta else 0)
+
+
 def test_logits_only_at_labelled_positions_in_chunks(model, tokenizer):
     examples = _examples(tokenizer, ["summarize", "extract", "summarize", "extract", "extract"])
     batch = collate(examples, pad_id=tokenizer.pad_token_id)
@@ -168,20 +208,23 @@ def test_teacher_answer_ids_alignment():
 
 
 def _dense_kl(teacher_logprobs_full, student_logits, temperature):
-    p = teacher_logprobs_full.exp()
+    """T² · KL(softmax(log p / T) ‖ softmax(z / T)) on full-vocabulary tensors."""
+    p_t = torch.log_softmax(teacher_logprobs_full / temperature, -1)
     logq = torch.log_softmax(student_logits / temperature, -1)
-    return (p * (teacher_logprobs_full - logq)).sum(-1)
+    return temperature**2 * (p_t.exp() * (p_t - logq)).sum(-1)
 
 
 def _dense_topk_tail_kl(teacher_logprobs_full, student_logits, k, temperature):
-    """The formula written out on full-vocabulary tensors (the test's own implementation)."""
+    """The formula written out on full-vocabulary tensors (the test's own implementation): the teacher's
+    top-k ids and its tail as k+1 outcomes, both sides tempered, times T²."""
     top = teacher_logprobs_full.topk(k, -1)
-    p_k = top.values.exp()
+    p = torch.cat([top.values.exp(), 1 - top.values.exp().sum(-1, keepdim=True)], -1)
+    p_t = p ** (1 / temperature)
+    p_t = p_t / p_t.sum(-1, keepdim=True)
     q = torch.softmax(student_logits / temperature, -1)
     q_k = q.gather(1, top.indices)
-    p_tail = 1 - p_k.sum(-1)
-    q_tail = 1 - q_k.sum(-1)
-    return (p_k * (p_k.log() - q_k.log())).sum(-1) + p_tail * (p_tail.log() - q_tail.log())
+    q = torch.cat([q_k, 1 - q_k.sum(-1, keepdim=True)], -1)
+    return temperature**2 * (p_t * (p_t.log() - q.log())).sum(-1)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
@@ -196,14 +239,15 @@ def test_topk_kl_full_vocabulary_is_exact(temperature):
 
 
 @pytest.mark.parametrize("k", [1, 5, 50])
-def test_topk_kl_small_k_matches_formula(k):
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_topk_kl_small_k_matches_formula(k, temperature):
     torch.manual_seed(1)
     vocab = 300
     teacher = torch.log_softmax(torch.randn(6, vocab) * 3, -1)
     student = (torch.randn(6, vocab) * 2).requires_grad_()
     top = teacher.topk(k, -1)
-    ours = topk_kl_with_tail(student, top.indices, top.values, 1.0)
-    expected = _dense_topk_tail_kl(teacher.double(), student.double(), k, 1.0).float()
+    ours = topk_kl_with_tail(student, top.indices, top.values, temperature)
+    expected = _dense_topk_tail_kl(teacher.double(), student.double(), k, temperature).float()
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
     assert (ours >= -1e-6).all(), "a KL is never negative"
     ours.sum().backward()
@@ -223,6 +267,68 @@ def test_topk_kl_absent_ids_move_to_tail():
     torch.testing.assert_close(with_absent, top3)
     ids[:, 3] = 10_000
     torch.testing.assert_close(topk_kl_with_tail(student, ids, top.values, 1.0), top3)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+def test_topk_kl_minimiser_is_the_tempered_teacher(temperature):
+    """Free student logits trained on the loss end where softmax(z / T) equals the tempered teacher on the
+    k ids and the tail bucket, so that softmax(z) puts the teacher's own top-k probabilities on those ids."""
+    vocab, k = 12, 3
+    teacher_ids = torch.tensor([[4, 0, 9]])
+    p = torch.tensor([[0.5, 0.25, 0.15]])  # tail: 0.10
+    logits = torch.zeros(1, vocab, requires_grad=True)
+    optimizer = torch.optim.LBFGS([logits], lr=0.5, max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-14)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = topk_kl_with_tail(logits, teacher_ids, p.log(), temperature).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    outcomes = torch.cat([p, 1 - p.sum(-1, keepdim=True)], -1)
+    tempered = outcomes ** (1 / temperature) / (outcomes ** (1 / temperature)).sum(-1, keepdim=True)
+    q = torch.softmax(logits.detach() / temperature, -1)
+    in_topk = torch.zeros(vocab, dtype=torch.bool)
+    in_topk[teacher_ids[0]] = True
+    student = torch.cat([q[:, teacher_ids[0]], q[:, ~in_topk].sum(-1, keepdim=True)], -1)
+    torch.testing.assert_close(student, tempered, atol=1e-4, rtol=0)
+    assert topk_kl_with_tail(logits.detach(), teacher_ids, p.log(), temperature).item() == pytest.approx(0, abs=1e-6)
+    # untempered, the student's own distribution gives the teacher's top-k ratios back
+    untempered = torch.softmax(logits.detach(), -1)[0, teacher_ids[0]]
+    torch.testing.assert_close(untempered / untempered.sum(), p[0] / p[0].sum(), atol=1e-3, rtol=0)
+
+
+def test_topk_kl_scales_with_temperature_squared():
+    torch.manual_seed(3)
+    teacher = torch.log_softmax(torch.randn(4, 40) * 2, -1)
+    student = torch.randn(4, 40)
+    top = teacher.topk(40, -1)
+    t = 3.0
+    p_t = torch.log_softmax(teacher / t, -1)
+    plain = (p_t.exp() * (p_t - torch.log_softmax(student / t, -1))).sum(-1)
+    torch.testing.assert_close(topk_kl_with_tail(student, top.indices, top.values, t), t**2 * plain, atol=1e-5, rtol=1e-5)
+
+
+def test_topk_kl_across_qwen_head_sizes():
+    """A Qwen2.5-72B teacher (152,064-row head) against a Qwen2.5-0.5B student (151,936 rows): teacher ids
+    the student's head lacks carry their mass into the tail bucket, and the loss stays finite."""
+    student_vocab, teacher_vocab = 151_936, 152_064
+    torch.manual_seed(4)
+    student = torch.randn(2, student_vocab, requires_grad=True)
+    teacher_ids = torch.tensor([[17, 151_935, 151_940, 152_063], [5, 6, 7, 8]])
+    teacher_lp = torch.log(torch.tensor([[0.4, 0.2, 0.15, 0.05], [0.3, 0.3, 0.2, 0.1]]))
+    assert int(teacher_ids.max()) < teacher_vocab
+    ours = topk_kl_with_tail(student, teacher_ids, teacher_lp, 1.0)
+    # row 0 equals the KL over its two ids the student has, with 0.4 of the mass in the tail
+    kept = topk_kl_with_tail(student[:1], teacher_ids[:1, :2], teacher_lp[:1, :2], 1.0)
+    torch.testing.assert_close(ours[:1], kept)
+    q = torch.softmax(student.detach()[0].double(), -1)
+    p = torch.tensor([0.4, 0.2, 0.4], dtype=torch.float64)
+    q3 = torch.stack([q[17], q[151_935], 1 - q[17] - q[151_935]])
+    assert ours[0].item() == pytest.approx(float((p * (p / q3).log()).sum()), rel=1e-4)
+    ours.sum().backward()
+    assert torch.isfinite(student.grad).all()
 
 
 @pytest.mark.parametrize("k", ["vocab", 8])

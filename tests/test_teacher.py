@@ -42,6 +42,7 @@ def settings(**teacher_overrides) -> dict:
         "retry_max_new_tokens": 8,
         "batch_size": 3,
         "dtype": "float32",
+        "max_prompt_tokens": 2048,
     }
     section.update(teacher_overrides)
     return {"teacher": section, "extract": EXTRACT, "role": "system"}
@@ -56,7 +57,7 @@ class FakeGenerator:
         self.truncate = truncate
         self.calls: list[tuple[int, int]] = []  # (number of prompts, max_new_tokens)
 
-    def generate(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, top_logprobs=0, seed=0):
+    def generate(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, top_logprobs=0, seed=0, repetition_penalty=1.0):
         if self.die_after_calls is not None and len(self.calls) >= self.die_after_calls:
             raise KeyboardInterrupt("simulated kill")
         self.calls.append((len(prompts), max_new_tokens))
@@ -163,7 +164,7 @@ def test_killed_shard_resumes_without_regenerating(tmp_path, tiny_dir):
 
     again = FakeGenerator("second")
     counts = teacher.run_shard(corpus, split, tiny_dir, config, "1-of-1", out, topk_out, generator=again)
-    assert counts == {"documents": 10, "kept": 5, "generated": 5, "retried": 0}
+    assert counts == {"documents": 10, "kept": 5, "generated": 5, "retried": 0, "prompt_cropped": 0}
     assert sum(n for n, _ in again.calls) == 5  # only the missing documents were generated
     records = list(read_jsonl(out))
     assert sorted(r["id"] for r in records) == sorted(ids)  # every id exactly once
@@ -219,6 +220,57 @@ def test_truncated_outputs_retried_once(tmp_path, tiny_dir):
     assert kept.calls == [(4, 4)]
     summary = teacher.summarize([tmp_path / "k.jsonl"])
     assert summary["en"]["length"] == 4 and summary["en"]["retried"] == 0 and summary["en"]["records"] == 4
+
+
+def long_report_corpus(root: Path) -> tuple[Path, Path]:
+    """Three short reports and one of about 1,500 tokens."""
+    records = [{"id": f"doc{i}", "lang": "en", "text": "Fever and cough. " * 3, "summary": "s"} for i in range(3)]
+    records.append({"id": "long", "lang": "en", "text": "A long history of fever and cough. " * 200, "summary": "s"})
+    write_jsonl(root / "corpus.jsonl", records)
+    write_json(root / "split.json", {"lang": "en", "train": [r["id"] for r in records], "valid": [], "test": []})
+    return root / "corpus.jsonl", root / "split.json"
+
+
+def test_over_long_report_is_cropped_and_counted(tmp_path, tiny_dir, tokenizer):
+    corpus, split = long_report_corpus(tmp_path)
+    out = tmp_path / "1-of-1.jsonl"
+    counts = teacher.run_shard(corpus, split, tiny_dir, settings(max_prompt_tokens=300), "1-of-1", out,
+                               generator=FakeGenerator("c"))
+    assert counts["prompt_cropped"] == 1
+    records = {r["id"]: r for r in read_jsonl(out)}
+    assert records["long"]["prompt_cropped"] and records["long"]["prompt_tokens"] <= 300
+    assert records["long"]["prompt_tokens"] > 280  # cropped to the budget, not far below it
+    assert not any(records[f"doc{i}"]["prompt_cropped"] for i in range(3))
+    summary = teacher.summarize([out])
+    assert summary["en"]["prompt_cropped"] == 1 and summary["en"]["records"] == 4
+
+
+def test_over_long_report_stops_at_start_naming_it(tmp_path, tiny_dir):
+    corpus, split = long_report_corpus(tmp_path)
+    fake = FakeGenerator("e")
+    with pytest.raises(ClinsumError, match=r"1 teacher prompts exceed teacher.max_prompt_tokens \(300\): long \(\d+ tokens\)"):
+        teacher.run_shard(corpus, split, tiny_dir, settings(max_prompt_tokens=300, on_long_prompt="error"), "1-of-1",
+                          tmp_path / "1-of-1.jsonl", generator=fake)
+    assert fake.calls == []
+
+
+def test_context_checked_before_any_engine(tmp_path, tiny_dir):
+    """The model's own context (8,192 positions for the SmolLM2-shaped tiny model) and an explicit vLLM context
+    must hold the longest prompt plus the longest answer (the retry's, when outputs are retried)."""
+    normalized = teacher.normalize_settings(settings(max_prompt_tokens=8000, max_new_tokens=64))["teacher"]
+    assert teacher.check_context(tiny_dir, normalized) == 8064
+    too_long = teacher.normalize_settings(settings(max_prompt_tokens=8000, on_truncated="retry", retry_max_new_tokens=400))
+    with pytest.raises(ClinsumError, match="8400 tokens exceeds the model's context .*max_position_embeddings 8192"):
+        teacher.check_context(tiny_dir, too_long["teacher"])
+    engine = teacher.normalize_settings(settings(backend="vllm", max_prompt_tokens=4094, vllm={"max_model_len": 4096}))
+    with pytest.raises(ClinsumError, match=r"teacher.vllm.max_model_len \(4096\) cannot hold .* \(4098\)"):
+        teacher.check_context(tiny_dir, engine["teacher"])
+    corpus, split = long_report_corpus(tmp_path)
+    fake = FakeGenerator("x")
+    with pytest.raises(ClinsumError, match="exceeds the model's context"):
+        teacher.run_shard(corpus, split, tiny_dir, settings(max_prompt_tokens=9000), "1-of-1", tmp_path / "o.jsonl",
+                          generator=fake)
+    assert fake.calls == []
 
 
 def test_split_id_missing_from_corpus_is_named(tmp_path, tiny_dir):

@@ -124,7 +124,7 @@ def test_selection_publishes_the_best_checkpoint(tmp_path, data_dir, tiny_studen
         return {"rouge1": value, "rouge2": value, "rougeL": value}
 
     summary = _run(data_dir, tiny_student_dir, tmp_path / "out", tmp_path / "ckpt", score_fn=score_fn)
-    assert summary["best_step"] == 6 and summary["best_rougeL"] == 0.5  # the second evaluation; a tie keeps it
+    assert summary["best_step"] == 6 and summary["best_score"] == 0.5  # the second evaluation; a tie keeps it
     published = _weights(tmp_path / "out")
     for name, value in published.items():
         torch.testing.assert_close(value, snapshots[6][name], atol=0, rtol=0, msg=name)
@@ -279,3 +279,52 @@ def test_bad_record_names_file_and_record(tmp_path, data_dir, tiny_student_dir):
     with pytest.raises(ClinsumError, match="teacher_token_ids"):
         train(missing, data_dir / "valid.jsonl", tiny_student_dir, "distil_kl", _settings(), tmp_path / "o", tmp_path / "c",
               teacher_topk=[str(tmp_path / "en.topk.safetensors")], teacher_model=tiny_student_dir)
+
+
+def test_documents_per_step_and_token_budget_only_changes_speed(tmp_path, data_dir, tiny_student_dir):
+    """documents_per_step sets the optimizer steps; the token budget only splits a step into micro-batches,
+    and the trained weights and logged losses are the same for any budget."""
+    whole = _run(data_dir, tiny_student_dir, tmp_path / "a", tmp_path / "ca", score_fn=_rising_scores,
+                 settings=_settings(documents_per_step=3, tokens_per_batch=100_000))
+    split = _run(data_dir, tiny_student_dir, tmp_path / "b", tmp_path / "cb", score_fn=_rising_scores,
+                 settings=_settings(documents_per_step=3, tokens_per_batch=64))
+    assert whole["total_steps"] == split["total_steps"] == 2 * 4  # 12 documents, 3 a step, 2 epochs
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4, msg=name)
+    for ra, rb in zip(_log(tmp_path / "a" / "train_log.csv"), _log(tmp_path / "b" / "train_log.csv")):
+        for key in ("loss", "loss_sum", "loss_ext"):
+            assert float(ra[key]) == pytest.approx(float(rb[key]), abs=1e-5)
+    one = _run(data_dir, tiny_student_dir, tmp_path / "c", tmp_path / "cc", score_fn=_rising_scores,
+               settings=_settings(documents_per_step=1))
+    assert one["total_steps"] == 24
+
+
+def test_selection_metric_mean_of_rouge_1_2_l(tmp_path, data_dir, tiny_student_dir):
+    """The paper's code selects on mean(ROUGE-1, ROUGE-2, ROUGE-L): a checkpoint best on ROUGE-L alone loses."""
+    scores = iter([(0.5, 0.1, 0.3), (0.2, 0.05, 0.35), (0.1, 0.0, 0.1)] + [(0.0, 0.0, 0.0)] * 50)
+
+    def score_fn(model, step):
+        r1, r2, rl = next(scores)
+        return {"rouge1": r1, "rouge2": r2, "rougeL": rl}
+
+    settings = _settings(documents_per_step=4, select_metric="rouge_mean")
+    summary = _run(data_dir, tiny_student_dir, tmp_path / "out", tmp_path / "ckpt", score_fn=score_fn, settings=settings)
+    assert summary["selection_metric"] == "rouge_mean"
+    assert summary["best_step"] == 3 and summary["best_score"] == pytest.approx(0.3)
+    rows = [r for r in _log(tmp_path / "out" / "train_log.csv") if r["valid_selection"]]
+    assert float(rows[1]["valid_selection"]) == pytest.approx((0.2 + 0.05 + 0.35) / 3)
+
+
+def test_settings_from_the_config_section():
+    section = {"variants": ["standard", "distil"], "documents_per_step": {"standard": 2, "distil": 1},
+               "selection": {"metric": "rouge_mean", "use_stemmer": True}, "kl": {"beta": 0.3, "temperature": 2.0},
+               "resources": {"gpu": 1}}
+    standard = TrainSettings.from_dict(section, "standard")
+    assert standard.documents_per_step == 2 and standard.select_metric == "rouge_mean" and standard.select_stemmer
+    assert (standard.kl_beta, standard.kl_temperature) == (0.3, 2.0)
+    assert TrainSettings.from_dict(section, "distil").documents_per_step == 1
+    with pytest.raises(ClinsumError, match="distil_kl"):
+        TrainSettings.from_dict(section, "distil_kl")
+    with pytest.raises(ClinsumError, match="unknown keys"):
+        TrainSettings.from_dict({"nonsense": 1}, "standard")

@@ -1,16 +1,23 @@
-"""Length-grouped batches under a token budget, and their collation (right padding, no attention mask).
+"""Optimizer steps of whole documents, micro-batches under a token budget, and their collation (right
+padding, no attention mask).
 
-A batch's cost is what the GPU computes: rows × the longest row (padding counts). The unit of batching is
-a group of sequences that must share a step: a document's summarize and extract sequences, so that every
-step computes γ·L_sum + (1−γ)·L_ext over the same reports (the paper's step), both in one forward pass.
-Both sequences share the report, so they differ in length only by their answers. Units are shuffled,
-cut into pools of about `pool_batches` batches' worth of tokens, sorted by their longest sequence inside
-a pool and packed greedily, and the batches are shuffled again: little padding, and the order still
-changes with every epoch. A unit over the budget forms a batch of its own (it is never split).
+An optimizer step takes `documents_per_step` documents (the paper: 1 for distil, 2 for standard), each
+with all its sequences (a document's summarize and extract sequences share every step, so that every step
+computes γ·L_sum + (1−γ)·L_ext over the same reports, the paper's step): `document_steps`. Documents are
+shuffled, cut into pools, sorted by length inside a pool and grouped, and the steps are shuffled again:
+steps of similar lengths, and an order that changes with every epoch.
+
+The token budget is for memory and speed only: a step's sequences are packed into micro-batches whose cost
+(rows × the longest row, padding counts) stays under `tokens_per_batch` (`micro_batches`), and the
+micro-batches' gradients are accumulated into the step's exactly (losses.label_totals). A sequence over
+the budget forms a micro-batch of its own.
+
+`length_grouped_batches` (batches of whole units under the budget) serves the training benchmark.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Sequence
 
@@ -69,6 +76,58 @@ def _pack(pool: list[list[int]], lengths: Sequence[int], budget: int) -> list[li
     if current:
         batches.append(current)
     return batches
+
+
+def document_steps(
+    unit_lengths: Sequence[int], documents_per_step: int, seed: int, pool_steps: int = 64
+) -> list[list[int]]:
+    """Unit (document) indices grouped into optimizer steps of `documents_per_step` units each.
+
+    Every index appears exactly once; only the last step of the epoch may hold fewer units (as a data
+    loader that keeps its last batch). Units of similar length share a step: they are sorted by length
+    inside pools of `pool_steps` steps' worth of units, and the steps are shuffled. Deterministic for a
+    seed (pass a different seed per epoch).
+    """
+    if documents_per_step < 1:
+        raise ValueError(f"documents_per_step must be positive, got {documents_per_step}")
+    order = list(range(len(unit_lengths)))
+    rng = random.Random(seed)
+    rng.shuffle(order)
+    pool_size = pool_steps * documents_per_step  # a multiple of the step: only the final pool leaves a short step
+    steps: list[list[int]] = []
+    for start in range(0, len(order), pool_size):
+        pool = sorted(order[start : start + pool_size], key=lambda unit: unit_lengths[unit], reverse=True)
+        steps += [pool[i : i + documents_per_step] for i in range(0, len(pool), documents_per_step)]
+    full = [step for step in steps if len(step) == documents_per_step]
+    rng.shuffle(full)
+    return full + [step for step in steps if len(step) < documents_per_step]
+
+
+def micro_batches(rows: Sequence[int], lengths: Sequence[int], tokens_per_batch: int) -> list[list[int]]:
+    """The rows of one step packed, longest first, into micro-batches of rows × longest ≤ tokens_per_batch."""
+    if tokens_per_batch < 1:
+        raise ValueError(f"tokens_per_batch must be positive, got {tokens_per_batch}")
+    return _pack([[row] for row in rows], lengths, tokens_per_batch)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
+def steps_per_epoch(documents: int, documents_per_step: int) -> int:
+    """Optimizer steps in one pass over `documents` (the last step may be short): what document_steps makes."""
+    return math.ceil(documents / documents_per_step)
+
+
+def training_plan(steps_in_epochs: list[int], epochs: float) -> list[int]:
+    """Steps to run in each epoch: whole epochs, then the fraction of the last one (at least 1)."""
+    plan = []
+    for epoch, n in enumerate(steps_in_epochs):
+        remaining = epochs - epoch
+        if remaining <= 0:
+            break
+        plan.append(n if remaining >= 1 else max(1, math.ceil(remaining * n)))
+    return plan
 
 
 def collate(examples: list[dict], pad_id: int) -> dict:

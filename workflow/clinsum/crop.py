@@ -15,58 +15,12 @@ import statistics
 from contextlib import ExitStack
 from pathlib import Path
 
-from .chat import build_messages, encode_example, encode_prompt
+from .chat import build_messages, crop_answer, crop_prompt, encode_example
 from .io import ClinsumError, atomic_path, read_json, read_jsonl
 
 log = logging.getLogger(__name__)
 
 TRAIN_SPLITS = ("train", "valid")
-
-
-def crop_to_tokens(tokenizer, text: str, max_tokens: int) -> str:
-    """The longest prefix of `text`, cut at a token boundary, that encodes to at most `max_tokens`."""
-    if max_tokens <= 0:
-        return ""
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    offsets = encoded["offset_mapping"]
-    if len(offsets) <= max_tokens:
-        return text
-    keep = max_tokens
-    while keep > 0:
-        cropped = text[: offsets[keep - 1][1]].rstrip()
-        # a character split over several byte-level tokens maps back whole: re-check the count
-        if len(tokenizer(cropped, add_special_tokens=False)["input_ids"]) <= max_tokens:
-            return cropped
-        keep -= 1
-    return ""
-
-
-def crop_prompt(tokenizer, instruction: str, text: str, max_tokens: int, role: str) -> str:
-    """Crop the report so the formatted prompt (system+user turns and generation header) fits."""
-    overhead = len(encode_prompt(tokenizer, build_messages(instruction, "", role=role)))
-    budget = max_tokens - overhead
-    if budget <= 0:
-        raise ClinsumError(f"crop.prompt_tokens={max_tokens} leaves no room for the report (template uses {overhead})")
-    while True:
-        cropped = crop_to_tokens(tokenizer, text, budget)
-        excess = len(encode_prompt(tokenizer, build_messages(instruction, cropped, role=role))) - max_tokens
-        if excess <= 0:
-            return cropped
-        budget -= excess  # tokens can merge across the report's boundary with the template
-
-
-def crop_answer(tokenizer, answer: str, max_tokens: int, role: str) -> str:
-    """Crop an answer so that it and the template's end-of-turn tokens fit in `max_tokens`."""
-    probe = build_messages("x", "x", answer="", role=role)
-    overhead = len(encode_example(tokenizer, probe)[1])
-    budget = max_tokens - overhead
-    while budget > 0:
-        cropped = crop_to_tokens(tokenizer, answer, budget)
-        excess = len(encode_example(tokenizer, build_messages("x", "x", cropped, role=role))[1]) - max_tokens
-        if excess <= 0:
-            return cropped
-        budget -= excess
-    raise ClinsumError(f"crop.answer_tokens={max_tokens} leaves no room for an answer (end of turn uses {overhead})")
 
 
 def make_example(tokenizer, doc_id, lang, task, instruction, text, answer, settings) -> dict:
@@ -140,6 +94,8 @@ def crop_corpus(
                     )
                     if key_info.get("token_ids") is not None:
                         example["teacher_token_ids"] = key_info["token_ids"][: settings["answer_tokens"]]
+                    # the teacher saw a cropped report (teacher.max_prompt_tokens): say so downstream
+                    example["teacher_prompt_cropped"] = bool(key_info.get("prompt_cropped"))
                     examples.append(example)
                 for example in examples:
                     files[name].write(json.dumps(example, ensure_ascii=False) + "\n")

@@ -1,7 +1,10 @@
 """Text generation behind one interface: vLLM (offline engine) or transformers (batched `generate`).
 
 Both backends take prompts as token ids (from `chat.encode_prompt`), so they see identical inputs,
-and return `Completion`s with the same fields. Greedy decoding when temperature == 0. Optional top-k
+and return `Completion`s with the same fields. Greedy decoding when temperature == 0. A repetition
+penalty > 1 divides the positive logits (multiplies the negative ones) of every token already in the
+prompt or the output, as vLLM and transformers both define it (the transformers backend leaves its
+left padding out, as vLLM has none). Optional top-k
 log-probabilities are the log-softmax of the raw (unprocessed, temperature 1) logits at each generated
 position, which is vLLM's default logprobs semantics; the transformers backend computes the same.
 
@@ -48,6 +51,7 @@ class Generator:
         top_p: float = 1.0,
         top_logprobs: int = 0,
         seed: int = 0,
+        repetition_penalty: float = 1.0,
     ) -> list[Completion]:
         raise NotImplementedError
 
@@ -144,10 +148,11 @@ class TransformersGenerator(Generator):
         self.pad_id = int(pad) if pad is not None else self.stops[0]
         self.bos_id = getattr(getattr(model, "generation_config", None), "bos_token_id", None)
 
-    def generate(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, top_logprobs=0, seed=0):
+    def generate(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, top_logprobs=0, seed=0, repetition_penalty=1.0):
         import torch
 
         _check_prompts(prompts)
+        _check_penalty(repetition_penalty)
         results: list[Completion | None] = [None] * len(prompts)
         # longest first: an out-of-memory batch fails at once, not at the end
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
@@ -156,7 +161,7 @@ class TransformersGenerator(Generator):
             indices = order[start : start + self.batch_size]
             batch = [prompts[i] for i in indices]
             for index, completion in zip(
-                indices, self._generate_batch(batch, max_new_tokens, temperature, top_p, top_logprobs)
+                indices, self._generate_batch(batch, max_new_tokens, temperature, top_p, top_logprobs, repetition_penalty)
             ):
                 results[index] = completion
         return results
@@ -179,9 +184,10 @@ class TransformersGenerator(Generator):
             output_logits=top_logprobs > 0,
         )
 
-    def _generate_batch(self, batch, max_new_tokens, temperature, top_p, top_logprobs):
+    def _generate_batch(self, batch, max_new_tokens, temperature, top_p, top_logprobs, repetition_penalty):
         import numpy as np
         import torch
+        from transformers import LogitsProcessorList
 
         width = max(len(p) for p in batch)
         input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
@@ -195,6 +201,11 @@ class TransformersGenerator(Generator):
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
                 generation_config=self._generation_config(max_new_tokens, temperature, top_p, top_logprobs),
+                logits_processor=LogitsProcessorList(
+                    [RepetitionPenalty(repetition_penalty, [width - len(p) for p in batch])]
+                    if repetition_penalty != 1.0
+                    else []
+                ),
             )
             top_ids = top_values = None
             if top_logprobs > 0:
@@ -226,6 +237,33 @@ class TransformersGenerator(Generator):
     def close(self) -> None:
         self.model = None
         gc.collect()
+
+
+def _check_penalty(repetition_penalty: float) -> None:
+    if not repetition_penalty > 0:
+        raise ClinsumError(f"repetition_penalty must be positive, got {repetition_penalty}")
+
+
+class RepetitionPenalty:
+    """vLLM's repetition penalty as a transformers logits processor: every token id present in a row's prompt
+    or output so far has its logit divided by `penalty` when positive, multiplied when negative. Unlike
+    transformers' own processor, the left padding of a batch (`pad_lengths[row]` positions) is not counted:
+    with it, the pad token (Qwen's <|endoftext|>, also a stop token) would be penalized in batches only."""
+
+    def __init__(self, penalty: float, pad_lengths: list[int]):
+        self.penalty = penalty
+        self.pad_lengths = pad_lengths
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        pad = torch.tensor(self.pad_lengths, device=input_ids.device)[:, None]
+        # padding positions repeat the row's last token, which is in the row anyway
+        ids = torch.where(positions[None, :] < pad, input_ids[:, -1:], input_ids)
+        seen = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, ids, True)
+        penalized = torch.where(scores > 0, scores / self.penalty, scores * self.penalty)
+        return torch.where(seen, penalized, scores)
 
 
 # Thread counts Snakemake exports to every job (with OPENBLAS/GOTO/VECLIB/NUMEXPR, which do no harm here).
@@ -296,11 +334,12 @@ class VllmGenerator(Generator):
         tokenizer = self.llm.get_tokenizer()
         self.stops = stop_token_ids(tokenizer, _generation_config_or_none(model_dir))
 
-    def generate(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, top_logprobs=0, seed=0):
+    def generate(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, top_logprobs=0, seed=0, repetition_penalty=1.0):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         _check_prompts(prompts)
+        _check_penalty(repetition_penalty)
         if top_logprobs > self.max_logprobs:
             raise ClinsumError(
                 f"top_logprobs {top_logprobs} exceeds the engine's max_logprobs {self.max_logprobs}"
@@ -313,6 +352,7 @@ class VllmGenerator(Generator):
             seed=seed if temperature > 0 else None,
             stop_token_ids=list(self.stops),
             logprobs=top_logprobs if top_logprobs > 0 else None,
+            repetition_penalty=repetition_penalty,
             skip_special_tokens=True,
         )
         outputs = self.llm.generate(

@@ -2,7 +2,7 @@
 
 Each report is formatted with that language's summarization prompt (`prompts.summarize[lang]`, in the
 system turn by default) through `chat.build_messages`/`chat.encode_prompt`, exactly as in training. A
-report whose prompt exceeds `max_input_tokens` is cropped at a token boundary (`crop.crop_prompt`) and
+report whose prompt exceeds `max_input_tokens` is cropped at a token boundary (`chat.crop_prompt`) and
 flagged `input_truncated`.
 
 The guard (`guard: true`) is for half precision, e.g. float16 on a T4, which has no bfloat16: float16
@@ -29,8 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .chat import ROLES, build_messages, encode_prompt
-from .crop import crop_prompt
+from .chat import ROLES, encode_cropped_prompt
 from .io import ClinsumError, JsonlAppender, read_json, read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -43,6 +42,7 @@ DEFAULTS = {
     "max_new_tokens": 1024,
     "temperature": 0.0,
     "top_p": 1.0,
+    "repetition_penalty": 1.0,
     "batch_size": 8,
     "guard": True,
     "seed": 0,
@@ -101,21 +101,6 @@ def degenerate_reason(text: str, token_ids: list[int], finish_reason: str) -> st
     if replacements >= REPLACEMENT_FLOOD or (replacements >= 2 and 4 * replacements >= len(text)):
         return f"{replacements} U+FFFD characters in {len(text)}"
     return None
-
-
-def build_prompt(tokenizer, instruction: str, text: str, role: str, max_input_tokens: int) -> tuple[list[int], bool]:
-    """(prompt ids, input_truncated): the report cropped at a token boundary when the prompt is too long."""
-    ids = encode_prompt(tokenizer, build_messages(instruction, text, role=role))
-    if len(ids) <= max_input_tokens:
-        return ids, False
-    overhead = len(encode_prompt(tokenizer, build_messages(instruction, "", role=role)))
-    if overhead >= max_input_tokens:
-        raise ClinsumError(
-            f"infer.max_input_tokens={max_input_tokens} leaves no room for the report "
-            f"(the prompt template alone takes {overhead} tokens)"
-        )
-    cropped = crop_prompt(tokenizer, instruction, text, max_input_tokens, role)
-    return encode_prompt(tokenizer, build_messages(instruction, cropped, role=role)), True
 
 
 def chunks(items: list, size: int) -> Iterable[list]:
@@ -216,6 +201,7 @@ def predict(
         temperature=settings["temperature"],
         top_p=settings["top_p"],
         seed=settings["seed"],
+        repetition_penalty=settings["repetition_penalty"],
     )
     out_path = Path(out_path)
     partial_path = out_path.with_name(out_path.name + ".partial")
@@ -234,7 +220,9 @@ def predict(
         log.info("resuming: %d of %d documents already generated", len(done), len(documents))
 
     def prompts_of(batch: list[Document]) -> list[tuple[list[int], bool]]:
-        return [build_prompt(tokenizer, instruction, doc.text, role, settings["max_input_tokens"]) for doc in batch]
+        return [encode_cropped_prompt(
+            tokenizer, instruction, doc.text, role, settings["max_input_tokens"], "infer.max_input_tokens"
+        ) for doc in batch]
 
     def run_pass(generator, batch_docs: list[Document], fallback: bool) -> None:
         encoded = prompts_of(batch_docs)
@@ -366,14 +354,11 @@ def run(args) -> None:
         torch.set_num_threads(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
 
+    # vLLM's context: the longest prompt and the longest answer, unless the config sets it
+    engine = {"max_model_len": settings["max_input_tokens"] + settings["max_new_tokens"], **(settings.get("vllm") or {})}
+
     def make_generator(dtype: str):
-        return load_generator(
-            settings["backend"],
-            args.model_dir,
-            dtype=dtype,
-            batch_size=settings["batch_size"],
-            vllm=settings.get("vllm"),
-        )
+        return load_generator(settings["backend"], args.model_dir, dtype=dtype, batch_size=settings["batch_size"], vllm=engine)
 
     key = resume_key(args.model_dir, settings, args.instruction, args.role, args.corpus, args.split)
     predict(

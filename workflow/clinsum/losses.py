@@ -10,10 +10,14 @@ Reduction (what one optimizer step minimizes), for a batch that mixes both tasks
     distil:    L = γ·L_sum + (1−γ)·L_ext
     distil_kl: L = γ·L_sum + (1−γ)·[(1−β)·L_ext + β·KL_ext]
 
-Each task's term is the mean over its own label tokens in the batch (so a long answer weighs per token,
-as in the model's own `labels=` loss on one sequence). A term whose set is empty in a batch counts 0 and
+Each task's term is the mean over its own label tokens in the step (so a long answer weighs per token,
+as in the model's own `labels=` loss on one sequence). A term whose set is empty in a step counts 0 and
 the other keeps its weight: no renormalization, so each term's gradient scale does not depend on what
-else happens to share the batch.
+else happens to share the step.
+
+A step's documents may be split into micro-batches (the token budget, for memory and speed): each
+micro-batch then divides its sums by the whole step's counts |S|, |E|, |K| (`label_totals`), so the
+micro-batches' losses and gradients add up to the step's exactly.
 
 Labels follow the transformers convention: `labels[t]` is the token at position t, -100 where no loss
 applies (prompt and padding); the hidden state at t−1 predicts it. Logits are computed only at labelled
@@ -74,37 +78,43 @@ def topk_kl_with_tail(
     teacher_logprobs: torch.Tensor,
     temperature: float = 1.0,
 ) -> torch.Tensor:
-    """Forward KL(teacher ‖ student) per position over the teacher's top-k ids plus one tail bucket.
+    """Forward KL(teacher ‖ student) per position over the teacher's top-k ids plus one tail bucket, both
+    sides tempered, times T² (Hinton et al.'s logit distillation, on the k+1 outcomes the teacher kept).
 
-    student_logits [N, V]; teacher_ids [N, k] (entries < 0 or ≥ V are absent: their teacher mass goes
-    to the tail); teacher_logprobs [N, k], as stored (no temperature). The student's distribution is
-    softmax(logits / temperature). With p_i the teacher's top-k probabilities, p_tail = 1 − Σ p_i, q_i
-    the student's probabilities of the same ids and q_tail the student's mass on every other id:
-        KL = Σ_i p_i (log p_i − log q_i) + p_tail (log p_tail − log q_tail).
-    When the top-k ids cover the whole vocabulary the tail bucket is empty and this is the exact KL.
-    No temperature² factor is applied. Returns [N] float32.
+    student_logits [N, V]; teacher_ids [N, k] (entries < 0 or ≥ V are absent: their teacher mass goes to the
+    tail, which is how ids of a larger teacher head, e.g. Qwen2.5-72B's 152,064 rows against the 0.5B's
+    151,936, are handled); teacher_logprobs [N, k], as stored (temperature 1). With p_i the teacher's top-k
+    probabilities and p_tail = 1 − Σ p_i, the tempered teacher over the k+1 outcomes is
+        p'_j = p_j^(1/T) / Σ_j' p_j'^(1/T)        (j ∈ top-k ids ∪ {tail})
+    and the student's is q'_i = softmax(logits / T)_i, q'_tail = its mass on every other id. Then
+        KL = T² · Σ_j p'_j (log p'_j − log q'_j).
+    Its minimiser over the student's logits is q' = p' (tested), so at T = 1 the student learns the teacher's
+    own top-k probabilities, and the T² keeps the gradient's scale independent of T. The tail is tempered as
+    one outcome (the teacher's distribution inside it is unknown): exact when the top-k ids cover the whole
+    vocabulary or T = 1. Returns [N] float32.
     """
     vocab = student_logits.shape[-1]
     logq = torch.log_softmax(student_logits.float() / temperature, dim=-1)
     present = (teacher_ids >= 0) & (teacher_ids < vocab)
     ids = torch.where(present, teacher_ids, torch.zeros_like(teacher_ids)).long()
     logq_k = logq.gather(1, ids)
-    teacher_lp = torch.where(present, teacher_logprobs.float(), torch.zeros_like(teacher_logprobs, dtype=torch.float32))
-    p_k = torch.where(present, teacher_lp.exp(), torch.zeros_like(teacher_lp))
-    kl_k = torch.where(present, p_k * (teacher_lp - logq_k), torch.zeros_like(p_k)).sum(-1)
-
-    p_tail = (1.0 - p_k.sum(-1)).clamp_min(0.0)
     in_topk = torch.zeros_like(logq, dtype=torch.bool).scatter_(1, ids, present)
     # the student's tail mass summed over the tail itself, not 1 − Σ q_i: accurate when it is small
     q_tail = logq.exp().masked_fill(in_topk, 0.0).sum(-1)
-    tail_exists = (p_tail > 0) & (in_topk.sum(-1) < vocab)
+    tail_exists = in_topk.sum(-1) < vocab
+
+    teacher_lp = torch.where(present, teacher_logprobs.float(), torch.full_like(teacher_logprobs, -torch.inf, dtype=torch.float32))
+    p_tail = (1.0 - teacher_lp.exp().sum(-1)).clamp_min(0.0)
     tiny = torch.finfo(torch.float32).tiny
-    kl_tail = torch.where(
-        tail_exists,
-        p_tail * (p_tail.clamp_min(tiny).log() - q_tail.clamp_min(tiny).log()),
-        torch.zeros_like(p_tail),
-    )
-    return kl_k + kl_tail
+    # the k+1 teacher outcomes in log space, tempered and renormalized together
+    tail_lp = torch.where(tail_exists & (p_tail > 0), p_tail.clamp_min(tiny).log(), torch.full_like(p_tail, -torch.inf))
+    outcomes = torch.cat([teacher_lp, tail_lp[:, None]], dim=-1) / temperature
+    tempered = torch.log_softmax(outcomes, dim=-1)
+    student = torch.cat([logq_k, q_tail.clamp_min(tiny).log()[:, None]], dim=-1)
+    weights = tempered.exp()
+    # outcomes the teacher gives no mass (absent ids, an empty tail) contribute 0, not 0 · (−inf)
+    terms = torch.where(weights > 0, weights * (tempered - student), torch.zeros_like(weights))
+    return terms.sum(-1) * temperature**2
 
 
 def _chunk_terms(lm_head, hidden, targets, teacher_ids, teacher_logprobs, kl_rows, temperature):
@@ -157,8 +167,11 @@ def token_terms(
     return torch.cat(nlls), torch.cat(kls)
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (values * mask).sum() / mask.sum().clamp_min(1)
+TOTAL_KEYS = ("n_sum", "n_ext", "n_kl")
+
+
+def _masked_sum_over(values: torch.Tensor, mask: torch.Tensor, count: int) -> torch.Tensor:
+    return (values * mask).sum() / max(count, 1)
 
 
 def dual_loss(
@@ -168,33 +181,61 @@ def dual_loss(
     kl: torch.Tensor | None = None,
     kl_mask: torch.Tensor | None = None,
     beta: float = 0.0,
+    totals: dict | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """The combined loss (see the module docstring) from per-position CE [N], the task id of each
     position [N] (0 summarize, 1 extract) and, for distil_kl, per-position KL [N] with its mask.
-    Returns (loss, parts) with parts: loss_sum, loss_ext, loss_kl (floats, for logging) and
-    the token counts n_sum, n_ext, n_kl."""
+
+    `totals` ({n_sum, n_ext, n_kl}, from `label_totals`) are the whole step's counts when these positions
+    are one micro-batch of it; without them the positions are the whole step. Returns (loss, parts) with
+    parts: loss_sum, loss_ext, loss_kl (this micro-batch's share of the step's terms: they add up over the
+    micro-batches) and this micro-batch's counts n_sum, n_ext, n_kl."""
     is_sum = (token_task == TASK_ID["summarize"]).float()
     is_ext = (token_task == TASK_ID["extract"]).float()
-    loss_sum = _masked_mean(nll, is_sum)
-    loss_ext = _masked_mean(nll, is_ext)
+    use_kl = kl is not None and beta > 0
+    counts = {
+        "n_sum": int(is_sum.sum()),
+        "n_ext": int(is_ext.sum()),
+        "n_kl": int(kl_mask.sum()) if use_kl else 0,
+    }
+    totals = totals or counts
+    loss_sum = _masked_sum_over(nll, is_sum, totals["n_sum"])
+    loss_ext = _masked_sum_over(nll, is_ext, totals["n_ext"])
     ext_term = loss_ext
     loss_kl = nll.new_zeros(())
-    n_kl = 0
-    if kl is not None and beta > 0:
-        kl_weight = kl_mask.float()
-        loss_kl = _masked_mean(kl, kl_weight)
-        n_kl = int(kl_mask.sum())
+    if use_kl:
+        loss_kl = _masked_sum_over(kl, kl_mask.float(), totals["n_kl"])
         ext_term = (1.0 - beta) * loss_ext + beta * loss_kl
     loss = gamma * loss_sum + (1.0 - gamma) * ext_term
     parts = {
         "loss_sum": float(loss_sum.detach()),
         "loss_ext": float(loss_ext.detach()),
         "loss_kl": float(loss_kl.detach()),
-        "n_sum": int(is_sum.sum()),
-        "n_ext": int(is_ext.sum()),
-        "n_kl": n_kl,
+        **counts,
     }
     return loss, parts
+
+
+def _kl_positions(batch: dict, mask: torch.Tensor, beta: float):
+    """Teacher ids, log-probs and the KL mask at the labelled positions (None when no KL term applies)."""
+    if "teacher_ids" not in batch or beta <= 0:
+        return None, None, None
+    teacher_ids = batch["teacher_ids"][:, 1:][mask]
+    return teacher_ids, batch["teacher_logprobs"][:, 1:][mask], (teacher_ids >= 0).any(-1)
+
+
+def label_totals(batches: list[dict], beta: float = 0.0) -> dict:
+    """{n_sum, n_ext, n_kl}: the labelled positions of each term over all micro-batches of one step,
+    counted as `batch_loss` counts them (the denominators of the step's loss)."""
+    totals = dict.fromkeys(TOTAL_KEYS, 0)
+    for batch in batches:
+        mask = batch["labels"][:, 1:] != IGNORE_INDEX
+        task = batch["task"][:, None].expand_as(mask)[mask]
+        totals["n_sum"] += int((task == TASK_ID["summarize"]).sum())
+        totals["n_ext"] += int((task == TASK_ID["extract"]).sum())
+        kl_mask = _kl_positions(batch, mask, beta)[2]
+        totals["n_kl"] += int(kl_mask.sum()) if kl_mask is not None else 0
+    return totals
 
 
 def labelled_hidden(model, input_ids: torch.Tensor, labels: torch.Tensor):
@@ -218,16 +259,14 @@ def batch_loss(
     beta: float = 0.0,
     temperature: float = 1.0,
     chunk_size: int = DEFAULT_CHUNK,
+    totals: dict | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """The dual loss of one collated batch (see batching.collate) in one forward pass."""
+    """The dual loss of one collated batch (see batching.collate) in one forward pass; `totals` when the
+    batch is one micro-batch of a step (see `dual_loss`)."""
     hidden, targets, mask = labelled_hidden(model, batch["input_ids"], batch["labels"])
     token_task = batch["task"][:, None].expand_as(mask)[mask]
-    teacher_ids = teacher_logprobs = kl_mask = None
-    if "teacher_ids" in batch and beta > 0:
-        teacher_ids = batch["teacher_ids"][:, 1:][mask]
-        teacher_logprobs = batch["teacher_logprobs"][:, 1:][mask]
-        kl_mask = (teacher_ids >= 0).any(-1)
+    teacher_ids, teacher_logprobs, kl_mask = _kl_positions(batch, mask, beta)
     nll, kl = token_terms(
         model.get_output_embeddings(), hidden, targets, teacher_ids, teacher_logprobs, kl_mask, temperature, chunk_size
     )
-    return dual_loss(nll, token_task, gamma, kl if kl_mask is not None else None, kl_mask, beta)
+    return dual_loss(nll, token_task, gamma, kl if kl_mask is not None else None, kl_mask, beta, totals)

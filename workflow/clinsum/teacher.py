@@ -113,6 +113,9 @@ def normalize_settings(settings: dict) -> dict:
     teacher.setdefault("temperature", 0.0)
     teacher.setdefault("top_p", 1.0)
     teacher.setdefault("top_logprobs", 0)
+    teacher.setdefault("repetition_penalty", 1.0)
+    teacher.setdefault("max_prompt_tokens", 15360)
+    teacher.setdefault("on_long_prompt", "crop")
     teacher.setdefault("on_truncated", "keep")
     teacher.setdefault("retry_max_new_tokens", 2 * teacher["max_new_tokens"])
     teacher.setdefault("batch_size", 8)
@@ -121,6 +124,8 @@ def normalize_settings(settings: dict) -> dict:
     teacher.setdefault("vllm", {})
     if teacher["on_truncated"] not in ("keep", "retry"):
         raise ClinsumError(f"teacher.on_truncated must be keep or retry, got {teacher['on_truncated']!r}")
+    if teacher["on_long_prompt"] not in ("crop", "error"):
+        raise ClinsumError(f"teacher.on_long_prompt must be crop or error, got {teacher['on_long_prompt']!r}")
     return {"teacher": teacher, "extract": settings["extract"], "role": settings.get("role", "system")}
 
 
@@ -264,6 +269,57 @@ def build_prompts(tokenizer, texts: dict[str, str], instruction: str, role: str)
     return {doc_id: encode_prompt(tokenizer, build_messages(instruction, text, role=role)) for doc_id, text in texts.items()}
 
 
+def fit_prompts(tokenizer, texts: dict[str, str], settings: dict) -> tuple[dict[str, list[int]], set[str]]:
+    """Every document's prompt ids within teacher.max_prompt_tokens, and the ids whose report was cropped
+    to fit (`on_long_prompt: crop`); with `on_long_prompt: error`, a stop that names every over-long report."""
+    from .chat import encode_cropped_prompt
+
+    teacher = settings["teacher"]
+    limit = teacher["max_prompt_tokens"]
+    prompts = build_prompts(tokenizer, texts, settings["extract"], settings["role"])
+    too_long = sorted((doc_id for doc_id, ids in prompts.items() if len(ids) > limit), key=lambda d: -len(prompts[d]))
+    if too_long and teacher["on_long_prompt"] == "error":
+        listed = [f"{doc_id} ({len(prompts[doc_id])} tokens)" for doc_id in too_long]
+        raise ClinsumError(
+            f"{len(too_long)} teacher prompts exceed teacher.max_prompt_tokens ({limit}): {_some(listed)};"
+            " raise it (and the context the model and engine allow), or set teacher.on_long_prompt: crop"
+        )
+    for doc_id in too_long:
+        prompts[doc_id], _ = encode_cropped_prompt(
+            tokenizer, settings["extract"], texts[doc_id], settings["role"], limit, "teacher.max_prompt_tokens"
+        )
+    if too_long:
+        log.warning("%d reports cropped to fit teacher.max_prompt_tokens (%d): %s", len(too_long), limit, _some(too_long))
+    return prompts, set(too_long)
+
+
+def generation_budget(teacher: dict) -> int:
+    """The most tokens one answer may take: max_new_tokens, or the retry's when outputs are retried."""
+    if teacher["on_truncated"] == "retry":
+        return max(teacher["max_new_tokens"], teacher["retry_max_new_tokens"])
+    return teacher["max_new_tokens"]
+
+
+def check_context(model_dir, teacher: dict) -> int:
+    """The context a teacher job needs (the longest prompt plus the longest answer), checked against the
+    model's max_position_embeddings and an explicit vllm.max_model_len before any engine loads."""
+    need = teacher["max_prompt_tokens"] + generation_budget(teacher)
+    config_path = Path(model_dir) / "config.json"
+    limit = read_json(config_path).get("max_position_embeddings") if config_path.is_file() else None
+    if limit and need > limit:
+        raise ClinsumError(
+            f"teacher.max_prompt_tokens + the answer budget = {need} tokens exceeds the model's context "
+            f"({config_path}: max_position_embeddings {limit}); lower teacher.max_prompt_tokens"
+        )
+    engine = (teacher.get("vllm") or {}).get("max_model_len")
+    if teacher["backend"] == "vllm" and engine is not None and need > engine:
+        raise ClinsumError(
+            f"teacher.vllm.max_model_len ({engine}) cannot hold teacher.max_prompt_tokens + the answer budget"
+            f" ({need}); raise it, or leave it out (it is then sized to exactly that)"
+        )
+    return need
+
+
 def run_shard(
     corpus: str | os.PathLike,
     split: str | os.PathLike,
@@ -308,20 +364,21 @@ def run_shard(
     pending = [doc_id for doc_id in ids if doc_id not in done]
     log.info("shard %s: %d documents, %d already written, %d to generate", shard, len(ids), len(done), len(pending))
 
-    counts = {"documents": len(ids), "kept": len(done), "generated": 0, "retried": 0}
+    counts = {"documents": len(ids), "kept": len(done), "generated": 0, "retried": 0, "prompt_cropped": 0}
     if pending:
+        context = check_context(model_dir, teacher)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        prompts = build_prompts(tokenizer, {d: texts[d] for d in pending}, settings["extract"], settings["role"])
-        _check_prompt_lengths(prompts, teacher)
+        prompts, cropped = fit_prompts(tokenizer, {d: texts[d] for d in pending}, settings)
+        counts["prompt_cropped"] = len(cropped)
         # longest first, so batches hold prompts of similar length and memory peaks at once
         pending.sort(key=lambda d: (-len(prompts[d]), d))
         owns_generator = generator is None
         if owns_generator:
-            generator = _load_generator(model_dir, teacher)
+            generator = _load_generator(model_dir, teacher, context)
         try:
             for start in range(0, len(pending), teacher["batch_size"]):
                 batch = pending[start : start + teacher["batch_size"]]
-                for record, completion in _generate_batch(generator, batch, prompts, teacher, lang, k):
+                for record, completion in _generate_batch(generator, batch, prompts, cropped, teacher, lang, k):
                     if topk_store is not None:
                         topk_store.write(completion.top_ids, completion.top_logprobs)
                     appender.write(record)
@@ -338,22 +395,10 @@ def run_shard(
     return counts
 
 
-def _check_prompt_lengths(prompts: dict[str, list[int]], teacher: dict) -> None:
-    limit = (teacher.get("vllm") or {}).get("max_model_len") if teacher["backend"] == "vllm" else None
-    if limit is None:
-        return
-    too_long = sorted(d for d, p in prompts.items() if len(p) >= limit)
-    if too_long:
-        raise ClinsumError(
-            f"{len(too_long)} prompts reach teacher.vllm.max_model_len ({limit} tokens): {_some(too_long)};"
-            " raise max_model_len"
-        )
-
-
-def _load_generator(model_dir, teacher: dict):
+def _load_generator(model_dir, teacher: dict, context: int):
     from .generation import load_generator
 
-    vllm_options = dict(teacher.get("vllm") or {})
+    vllm_options = {"max_model_len": context, **(teacher.get("vllm") or {})}
     vllm_options.setdefault("seed", teacher["seed"])
     vllm_options["max_logprobs"] = max(20, int(teacher["top_logprobs"]))
     return load_generator(
@@ -361,10 +406,16 @@ def _load_generator(model_dir, teacher: dict):
     )
 
 
-def _generate_batch(generator, batch: list[str], prompts: dict, teacher: dict, lang, k: int):
+def _generate_batch(generator, batch: list[str], prompts: dict, cropped: set, teacher: dict, lang, k: int):
     """(record, completion) per document of the batch, after one retry of truncated outputs if configured."""
     started = time.perf_counter()
-    common = dict(temperature=teacher["temperature"], top_p=teacher["top_p"], top_logprobs=k, seed=teacher["seed"])
+    common = dict(
+        temperature=teacher["temperature"],
+        top_p=teacher["top_p"],
+        top_logprobs=k,
+        seed=teacher["seed"],
+        repetition_penalty=teacher["repetition_penalty"],
+    )
     completions = generator.generate([prompts[d] for d in batch], teacher["max_new_tokens"], **common)
     retried = [False] * len(batch)
     if teacher["on_truncated"] == "retry" and teacher["retry_max_new_tokens"] > teacher["max_new_tokens"]:
@@ -382,6 +433,7 @@ def _generate_batch(generator, batch: list[str], prompts: dict, teacher: dict, l
             "token_ids": [int(t) for t in completion.token_ids],
             "finish_reason": completion.finish_reason,
             "prompt_tokens": completion.prompt_tokens,
+            "prompt_cropped": doc_id in cropped,
             "completion_tokens": len(completion.token_ids),
             "model": teacher["model"],
             "seconds": round(seconds, 4),
@@ -474,10 +526,11 @@ def _gather_topk(records: list[dict], topk_paths, topk_out) -> None:
 
 
 def summarize(paths: list[str | os.PathLike]) -> dict:
-    """Per language: records, empty outputs, outputs cut by the token limit, retried, tokens, seconds."""
+    """Per language: records, empty outputs, outputs cut by the token limit, retried, reports cropped to
+    fit teacher.max_prompt_tokens, tokens, seconds."""
     summary = {}
     for path in paths:
-        counts = {"records": 0, "empty": 0, "length": 0, "retried": 0, "completion_tokens": 0, "seconds": 0.0}
+        counts = {"records": 0, "empty": 0, "length": 0, "retried": 0, "prompt_cropped": 0, "completion_tokens": 0, "seconds": 0.0}
         lang = None
         for record in read_jsonl(path):
             lang = lang or record.get("lang")
@@ -485,6 +538,7 @@ def summarize(paths: list[str | os.PathLike]) -> dict:
             counts["empty"] += int(not record["key_info"].strip())
             counts["length"] += int(record["finish_reason"] == "length")
             counts["retried"] += int(bool(record.get("retried")))
+            counts["prompt_cropped"] += int(bool(record.get("prompt_cropped")))
             counts["completion_tokens"] += int(record.get("completion_tokens", 0))
             counts["seconds"] += float(record.get("seconds", 0.0))
         counts["seconds"] = round(counts["seconds"], 2)

@@ -5,11 +5,14 @@ Variants: `standard` (summarize sequences only, L = L_sum), `distil` (both tasks
 extract sequences use the teacher's own generated token ids so that positions line up). The loss and its
 reduction are defined in `losses.py`; batching in `batching.py`.
 
-A step is one length-grouped batch of whole documents under `tokens_per_batch` (padding counts): each
-document's summarize and extract sequences together, both tasks in one forward pass, fp32 master weights with bf16 autocast on GPUs that have it (fp16 with a
-gradient scaler on those that do not), fp32 on CPU. Every `eval_every` steps and at the end: greedy
-summaries of the valid split's summarize records, ROUGE against their references, and the best
-checkpoint by mean ROUGE-L F1 (ties keep the earlier) is kept; then the resume state is saved.
+An optimizer step takes `documents_per_step` whole documents (the paper: 1 for distil, 2 for standard),
+each document's summarize and extract sequences together. Its sequences run in micro-batches under
+`tokens_per_batch` (padding counts) whose gradients accumulate into exactly the step's (speed and memory
+only: the step and its loss are the same for any budget). fp32 master weights with bf16 autocast on GPUs
+that have it (fp16 with a gradient scaler on those that do not), fp32 on CPU. Every `eval_every` steps and
+at the end: greedy summaries of the valid split's summarize records, ROUGE against their references, and
+the best checkpoint by the selection metric (ROUGE-L F1, or the mean of ROUGE-1/2/L F1 as the paper's
+code; ties keep the earlier) is kept; then the resume state is saved.
 
 Resume: `checkpoint_dir/state/` holds the model, optimizer, scheduler, gradient scaler, RNG states, data
 position (epoch, batch), best score and the log so far; `checkpoint_dir/best/` the best model. A killed
@@ -35,6 +38,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from .batching import epoch_seed, training_plan
 from .chat import build_messages, encode_example, encode_prompt
 from .generation import native_bf16
 from .io import ClinsumError, atomic_path, read_json, read_jsonl, write_json
@@ -54,8 +58,11 @@ LOG_COLUMNS = (
     "valid_rouge1",
     "valid_rouge2",
     "valid_rougeL",
+    "valid_selection",
 )
 CODE_MODULES = ("train", "losses", "batching", "chat", "generation", "metrics")
+# what selects the checkpoint: ROUGE-L F1 (ours), or the mean of ROUGE-1, -2 and -L F1 (the paper's code)
+SELECTION_METRICS = ("rougeL", "rouge_mean")
 PROBE_TEXT = "Paciente de 45 años, diagnóstico: neumonía; résumé clinique — 3.5 mg/kg, IL-6 ↑. Résultats normaux."
 
 
@@ -70,29 +77,39 @@ class TrainSettings:
     seed: int = 42
     warmup_ratio: float = 0.03
     weight_decay: float = 0.01
+    documents_per_step: int = 1
     tokens_per_batch: int = 16384
     gradient_checkpointing: bool = False
     trainable_layers: int | None = None
     dtype: str = "auto"
     eval_max_new_tokens: int = 256
     eval_batch_size: int = 16
+    eval_repetition_penalty: float = 1.0
     max_grad_norm: float = 1.0
     kl_beta: float = 0.5
     kl_temperature: float = 1.0
+    select_metric: str = "rougeL"
+    select_stemmer: bool = False
 
     @classmethod
-    def from_dict(cls, settings: dict) -> "TrainSettings":
+    def from_dict(cls, settings: dict, variant: str | None = None) -> "TrainSettings":
+        """From the config's train section; `documents_per_step` may be the per-variant mapping, then
+        `variant` picks its value."""
         settings = {k: v for k, v in settings.items() if k not in ("variants", "resources")}
-        kl = settings.pop("kl", None) or {}
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(settings) - known)
+        nested = {"kl": ("kl_", settings.pop("kl", None) or {}), "selection": ("select_", settings.pop("selection", None) or {})}
+        per_step = settings.get("documents_per_step")
+        if isinstance(per_step, dict):
+            if variant not in per_step:
+                raise ClinsumError(f"train.documents_per_step gives no value for the {variant} variant")
+            settings["documents_per_step"] = per_step[variant]
+        values = dict(settings)
+        for prefix, section in nested.values():
+            values.update({prefix + key.removeprefix("use_"): value for key, value in section.items()})
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
         if unknown:
             raise ClinsumError(f"train settings: unknown keys {unknown}")
-        values = dict(settings)
-        if "beta" in kl:
-            values["kl_beta"] = kl["beta"]
-        if "temperature" in kl:
-            values["kl_temperature"] = kl["temperature"]
+        if values.get("select_metric", cls.select_metric) not in SELECTION_METRICS:
+            raise ClinsumError(f"train.selection.metric must be one of {SELECTION_METRICS}")
         return cls(**values)
 
 
@@ -141,27 +158,12 @@ def task_weights(variant: str, settings: TrainSettings) -> tuple[float, float]:
     return settings.gamma, settings.kl_beta
 
 
-def training_plan(n_batches_per_epoch: list[int], epochs: float) -> list[int]:
-    """Batches to run in each epoch: whole epochs, then the fraction of the last one (at least 1)."""
-    plan = []
-    for epoch, n in enumerate(n_batches_per_epoch):
-        remaining = epochs - epoch
-        if remaining <= 0:
-            break
-        plan.append(n if remaining >= 1 else max(1, math.ceil(remaining * n)))
-    return plan
-
-
 def document_units(langs, ids) -> list[list[int]]:
     """Row indices grouped by document: a document's summarize and extract sequences share every step."""
     units: dict[tuple[str, str], list[int]] = {}
     for index, key in enumerate(zip(langs, ids)):
         units.setdefault(key, []).append(index)
     return list(units.values())
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    return seed * 1_000_003 + epoch
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -177,10 +179,11 @@ def _dir_signature(path: Path) -> str:
     return "|".join(_file_signature(p) for p in sorted(Path(path).rglob("*")) if p.is_file())
 
 
-def validate_records(path: Path, variant: str) -> int:
-    """Check the crop records this variant trains on; return how many there are. Errors name the record."""
+def validate_records(path: Path, variant: str) -> dict:
+    """Check the crop records this variant trains on; return how many there are and how many of its extract
+    records come from a teacher prompt cropped to teacher.max_prompt_tokens. Errors name the record."""
     wanted = {"standard": {"summarize"}, "distil": {"summarize", "extract"}, "distil_kl": {"summarize", "extract"}}
-    count = 0
+    count = extract = teacher_cropped = 0
     for number, record in enumerate(read_jsonl(path), start=1):
         missing = [key for key in ("id", "lang", "task", "messages") if key not in record]
         if missing:
@@ -199,7 +202,10 @@ def validate_records(path: Path, variant: str) -> int:
                 "(run the teacher with top_logprobs > 0 and crop again)"
             )
         count += 1
-    return count
+        if record["task"] == "extract":
+            extract += 1
+            teacher_cropped += int(bool(record.get("teacher_prompt_cropped")))
+    return {"records": count, "extract": extract, "teacher_prompt_cropped": teacher_cropped}
 
 
 def _raw_records(path: str, signature: str, variant: str):
@@ -510,11 +516,11 @@ def plot_curve(rows: list[dict], path: Path, title: str) -> None:
     loss_axis.set_xlabel("step")
     loss_axis.set_ylabel("training loss")
     loss_axis.legend()
-    evaluated = [row for row in rows if row.get("valid_rougeL") is not None]
+    evaluated = [row for row in rows if row.get("valid_selection") is not None]
     for key in ("valid_rouge1", "valid_rouge2", "valid_rougeL"):
         rouge_axis.plot([row["step"] for row in evaluated], [row[key] for row in evaluated], marker="o", label=key[6:])
     if evaluated:
-        best = max(evaluated, key=lambda row: (row["valid_rougeL"], -row["step"]))
+        best = max(evaluated, key=lambda row: (row["valid_selection"], -row["step"]))
         rouge_axis.axvline(best["step"], color="grey", linestyle=":", label=f"best (step {best['step']})")
     rouge_axis.set_xlabel("step")
     rouge_axis.set_ylabel("valid ROUGE F1 (generated)")
@@ -539,9 +545,11 @@ def evaluate_rouge(model, tokenizer, prompts, references, settings: TrainSetting
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         with _autocast(device, amp_dtype):
             generator = TransformersGenerator.from_model(model, tokenizer, batch_size=settings.eval_batch_size)
-            completions = generator.generate(prompts, max_new_tokens=settings.eval_max_new_tokens)
+            completions = generator.generate(
+                prompts, max_new_tokens=settings.eval_max_new_tokens, repetition_penalty=settings.eval_repetition_penalty
+            )
     model.train(was_training)
-    means = mean_scores(rouge_scores([c.text for c in completions], references))
+    means = mean_scores(rouge_scores([c.text for c in completions], references, use_stemmer=settings.select_stemmer))
     return {"rouge1": means["rouge1_f"], "rouge2": means["rouge2_f"], "rougeL": means["rougeL_f"]}
 
 
@@ -608,8 +616,8 @@ def train(
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
 
-    from .batching import collate, length_grouped_batches
-    from .losses import batch_loss
+    from .batching import collate, document_steps, micro_batches
+    from .plan import optimizer_plan
 
     if variant not in VARIANTS:
         raise ClinsumError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -627,7 +635,12 @@ def train(
     amp_dtype = _amp_dtype(settings.dtype, device)
     gamma, beta = task_weights(variant, settings)
 
-    validate_records(train_path, variant)
+    records = validate_records(train_path, variant)
+    if records["extract"]:
+        log.info(
+            "teacher prompts over teacher.max_prompt_tokens (their reports cropped): %d of %d",
+            records["teacher_prompt_cropped"], records["extract"],
+        )
     key = fingerprint(train_path, valid_path, model_dir, variant, settings, teacher_topk, answer_budget)
     state_dir = _complete_dir(checkpoint_dir / "state", "progress.json")
     progress = read_json(state_dir / "progress.json") if state_dir else None
@@ -654,12 +667,22 @@ def train(
         log.warning("the longest sequence (%d tokens) exceeds tokens_per_batch (%d): it gets a batch of its own", longest, settings.tokens_per_batch)
 
     units = document_units(dataset["lang"], dataset["id"])
-    epochs_batches = [
-        length_grouped_batches(lengths, settings.tokens_per_batch, epoch_seed(settings.seed, epoch), units)
+    unit_lengths = [max(lengths[i] for i in unit) for unit in units]
+    unit_tokens = [sum(lengths[i] for i in unit) for unit in units]
+    epochs_steps = [
+        document_steps(unit_lengths, settings.documents_per_step, epoch_seed(settings.seed, epoch))
         for epoch in range(math.ceil(settings.epochs))
     ]
-    plan = training_plan([len(b) for b in epochs_batches], settings.epochs)
+    plan = training_plan([len(steps) for steps in epochs_steps], settings.epochs)
     total_steps = sum(plan)
+    planned = optimizer_plan(len(units), settings.documents_per_step, settings.epochs, settings.eval_every, settings.warmup_ratio)
+    log.info(
+        "plan: %d documents, %d a step, %d optimizer steps over %s epochs, %d evaluations (every %d steps and the last), "
+        "%d warm-up steps, %.0f tokens a step on average, %d micro-batch budget",
+        len(units), settings.documents_per_step, total_steps, settings.epochs, planned["evaluations"],
+        settings.eval_every, planned["warmup_steps"], settings.documents_per_step * sum(unit_tokens) / len(units),
+        settings.tokens_per_batch,
+    )
 
     _seed_everything(settings.seed)
     source = state_dir / "model" if state_dir else Path(model_dir)
@@ -738,31 +761,30 @@ def train(
     progress_bar = tqdm(total=total_steps, initial=step, desc=f"train {variant}", unit="step", mininterval=1 if os.isatty(2) else 30)
     try:
         while epoch < len(plan):
-            batches = epochs_batches[epoch][: plan[epoch]]
-            while position < len(batches):
+            steps = epochs_steps[epoch][: plan[epoch]]
+            while position < len(steps):
                 started = time.perf_counter()
-                indices = batches[position]
-                examples = _examples(dataset, indices, topk)
-                batch = collate(examples, pad_id)
-                useful = batch.pop("useful_tokens")
-                batch = {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
+                rows_of_step = [i for unit in steps[position] for i in units[unit]]
+                batches = [
+                    collate(_examples(dataset, indices, topk), pad_id)
+                    for indices in micro_batches(rows_of_step, lengths, settings.tokens_per_batch)
+                ]
                 lr = scheduler.get_last_lr()[0]
-                with _autocast(device, amp_dtype):
-                    loss, parts = batch_loss(model, batch, gamma, beta, settings.kl_temperature)
-                scaler.scale(loss).backward()
+                loss_value, parts, useful = accumulate_gradients(
+                    model, batches, scaler, device, amp_dtype, gamma, beta, settings.kl_temperature
+                )
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
                     raise ClinsumError(f"training loss is {loss_value} at step {step + 1}; lower train.lr or use float32")
                 seconds = time.perf_counter() - started
                 step += 1
                 position += 1
-                if position == len(batches):
+                if position == len(steps):
                     next_epoch, next_position = epoch + 1, 0
                 else:
                     next_epoch, next_position = epoch, position
@@ -770,7 +792,7 @@ def train(
                     "step": step,
                     "epoch": epoch,
                     "loss": loss_value,
-                    # blank where the batch had no token of that term
+                    # blank where the step had no token of that term
                     "loss_sum": parts["loss_sum"] if parts["n_sum"] else None,
                     "loss_ext": parts["loss_ext"] if parts["n_ext"] else None,
                     "loss_kl": parts["loss_kl"] if parts["n_kl"] else None,
@@ -784,10 +806,14 @@ def train(
                     scores = score_fn(model, step) if score_fn else evaluate_rouge(
                         model, tokenizer, prompts, references, settings, amp_dtype, device
                     )
+                    scores = {**scores, "selection": selection_score(scores, settings.select_metric)}
                     row.update({f"valid_{name}": value for name, value in scores.items()})
-                    log.info("step %d: valid ROUGE-1 %.4f, ROUGE-2 %.4f, ROUGE-L %.4f", step, scores["rouge1"], scores["rouge2"], scores["rougeL"])
-                    if is_improvement(scores["rougeL"], best_score):
-                        best_score, best_step = scores["rougeL"], step
+                    log.info(
+                        "step %d: valid ROUGE-1 %.4f, ROUGE-2 %.4f, ROUGE-L %.4f, %s %.4f", step,
+                        scores["rouge1"], scores["rouge2"], scores["rougeL"], settings.select_metric, scores["selection"],
+                    )
+                    if is_improvement(scores["selection"], best_score):
+                        best_score, best_step = scores["selection"], step
                         save_best(scores)
                     save_state(next_epoch, next_position)
                 if stop_after_steps is not None and step >= stop_after_steps:
@@ -810,12 +836,41 @@ def train(
     summary = {
         "variant": variant,
         "best_step": best_step,
-        "best_rougeL": best_score,
+        "best_score": best_score,
+        "selection_metric": settings.select_metric,
         "total_steps": total_steps,
         "resumed_from": resumed_from,
     }
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return summary
+
+
+def accumulate_gradients(model, batches: list[dict], scaler, device, amp_dtype, gamma, beta, temperature):
+    """Forward and backward every micro-batch of one optimizer step, each loss divided by the step's own
+    label counts (losses.label_totals), so the accumulated gradient is the whole step's. Returns the step's
+    loss, its parts (loss_sum, loss_ext, loss_kl and the counts n_sum, n_ext, n_kl) and its useful tokens."""
+    from .losses import batch_loss, label_totals
+
+    totals = label_totals(batches, beta)
+    loss_value, useful = 0.0, 0
+    parts = {"loss_sum": 0.0, "loss_ext": 0.0, "loss_kl": 0.0, **totals}
+    for batch in batches:
+        useful += batch.pop("useful_tokens")
+        batch = {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
+        with _autocast(device, amp_dtype):
+            loss, micro = batch_loss(model, batch, gamma, beta, temperature, totals=totals)
+        scaler.scale(loss).backward()
+        loss_value += float(loss.detach())
+        for key in ("loss_sum", "loss_ext", "loss_kl"):
+            parts[key] += micro[key]
+    return loss_value, parts, useful
+
+
+def selection_score(scores: dict, metric: str) -> float:
+    """The number that selects the checkpoint: ROUGE-L F1, or the mean of ROUGE-1/2/L F1 (the paper's code)."""
+    if metric == "rouge_mean":
+        return (scores["rouge1"] + scores["rouge2"] + scores["rougeL"]) / 3
+    return scores["rougeL"]
 
 
 def _examples(dataset, indices: list[int], topk: TeacherTopk | None) -> list[dict]:
@@ -852,7 +907,7 @@ def _run(args) -> None:
         args.valid,
         args.model,
         args.variant,
-        TrainSettings.from_dict(json.loads(args.settings)),
+        TrainSettings.from_dict(json.loads(args.settings), args.variant),
         args.out,
         args.checkpoint_dir,
         teacher_topk=args.teacher_topk,

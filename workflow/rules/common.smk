@@ -206,14 +206,17 @@ TRAIN_GPU_MODEL = gpu_model_resource("train")
 
 
 def train_settings(variant):
-    """What changes a variant's model: standard ignores gamma and kl, distil ignores kl, so changing
-    them reruns only the variants that use them (Snakemake's params rerun trigger)."""
+    """What changes a variant's model: standard ignores gamma and kl, distil ignores kl, and each takes its
+    own documents_per_step, so changing them reruns only the variants that use them (Snakemake's params
+    rerun trigger)."""
     unused = {"standard": ("gamma", "kl"), "distil": ("kl",), "distil_kl": ()}[variant]
-    return {
+    settings = {
         key: value
         for key, value in config["train"].items()
         if key not in ("variants", "resources", *unused)
     }
+    settings["documents_per_step"] = config["train"]["documents_per_step"][variant]
+    return settings
 
 
 def train_inputs(wildcards):

@@ -1,0 +1,194 @@
+"""`clinsum plan`: what a configuration will do before a GPU day is spent on it.
+
+Per trained variant: documents per optimizer step, optimizer steps, evaluations, warm-up steps and tokens
+per step; for the teacher, how many prompts exceed its `max_prompt_tokens` (and are cropped or stop the
+run). It reads the configuration as Snakemake does (`config/config.yaml`, then every `--configfile` merged
+over it key by key, validated against the schema with its defaults), and the corpus, split and cropped data
+when they exist (`results/`); `--documents` gives the training document count without them.
+
+    clinsum plan --configfile config/paper.yaml --documents 1892
+
+The train rule logs the same numbers at its start (`optimizer_plan` is the one computation of both).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+from .batching import steps_per_epoch, training_plan
+from .io import ClinsumError, read_json, read_jsonl
+
+log = logging.getLogger(__name__)
+
+SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+SEQUENCES = {"standard": 1, "distil": 2, "distil_kl": 2}  # a document's sequences per variant
+
+
+def optimizer_plan(documents: int, documents_per_step: int, epochs: float, eval_every: int, warmup_ratio: float) -> dict:
+    """Steps, evaluations and warm-up of one variant over `documents` training documents."""
+    if documents < 1:
+        raise ClinsumError("no training documents to plan for")
+    per_epoch = steps_per_epoch(documents, documents_per_step)
+    steps = sum(training_plan([per_epoch] * math.ceil(epochs), epochs))
+    return {
+        "documents": documents,
+        "documents_per_step": documents_per_step,
+        "steps_per_epoch": per_epoch,
+        "optimizer_steps": steps,
+        "evaluations": steps // eval_every + (1 if steps % eval_every else 0),
+        "warmup_steps": math.ceil(warmup_ratio * steps),
+    }
+
+
+def merge(base: dict, update: dict) -> dict:
+    """`update` merged into `base` key by key (nested dicts merged, everything else replaced), as Snakemake
+    merges a --configfile over the Snakefile's configfile."""
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def load_config(configfiles: list[str | Path], base: str | Path | None) -> dict:
+    """The configuration a Snakemake run with these files would see, validated, defaults filled in."""
+    import yaml
+    from snakemake.utils import validate
+
+    config: dict = {}
+    for path in ([base] if base else []) + list(configfiles):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                config = merge(config, yaml.safe_load(handle) or {})
+        except OSError as error:
+            raise ClinsumError(f"{path}: cannot read the configuration ({error.strerror})") from None
+    try:
+        validate(config, str(SCHEMA))
+    except Exception as error:  # snakemake raises WorkflowError with the schema's message
+        raise ClinsumError(f"the configuration is not valid: {error}") from None
+    return config
+
+
+def train_documents(split_dir: Path, languages: list[str]) -> int | None:
+    """Training documents over every language, from the split files (None when they are not there yet)."""
+    paths = [split_dir / f"{lang}.json" for lang in languages]
+    if not all(path.is_file() for path in paths):
+        return None
+    return sum(len(read_json(path)["train"]) for path in paths)
+
+
+def tokens_per_document(train_jsonl: Path, variant: str) -> list[int] | None:
+    """Each training document's tokens (prompt + answer of its sequences) for a variant, from crop's output."""
+    if not train_jsonl.is_file():
+        return None
+    tasks = {"summarize"} if variant == "standard" else {"summarize", "extract"}
+    totals: dict[tuple[str, str], int] = {}
+    for record in read_jsonl(train_jsonl):
+        if record["task"] in tasks:
+            key = (record["lang"], record["id"])
+            totals[key] = totals.get(key, 0) + record["prompt_tokens"] + record["answer_tokens"]
+    return list(totals.values())
+
+
+def variant_rows(config: dict, documents: int, train_jsonl: Path) -> list[dict]:
+    train, crop = config["train"], config["crop"]
+    rows = []
+    for variant in train["variants"]:
+        row = {"variant": variant, **optimizer_plan(
+            documents, train["documents_per_step"][variant], train["epochs"], train["eval_every"], train["warmup_ratio"]
+        )}
+        per_document = tokens_per_document(train_jsonl, variant)
+        if per_document:
+            row["tokens_per_step"] = round(row["documents_per_step"] * sum(per_document) / len(per_document))
+            row["tokens_per_step_source"] = f"mean, {train_jsonl}"
+        else:
+            row["tokens_per_step"] = row["documents_per_step"] * SEQUENCES[variant] * (crop["prompt_tokens"] + crop["answer_tokens"])
+            row["tokens_per_step_source"] = "at most, by the crop budgets"
+        rows.append(row)
+    return rows
+
+
+def teacher_prompts_over(config: dict, corpus_dir: Path, split_dir: Path) -> dict:
+    """How many teacher prompts exceed teacher.max_prompt_tokens, when the corpus and the teacher's tokenizer exist."""
+    from .chat import build_messages, encode_prompt
+    from .models import model_path
+
+    teacher = config["teacher"]
+    limit = teacher["max_prompt_tokens"]
+    result = {"max_prompt_tokens": limit, "on_long_prompt": teacher["on_long_prompt"]}
+    model_dir = Path(model_path(teacher["model"], config.get("models", {})))
+    languages = config["languages"]
+    missing = [p for p in [model_dir / "tokenizer_config.json"] + [corpus_dir / f"{lang}.jsonl" for lang in languages]
+               + [split_dir / f"{lang}.json" for lang in languages] if not p.is_file()]
+    if missing:
+        result["not_measured"] = f"needs {missing[0]} (run the workflow up to the split and the teacher's model build)"
+        return result
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    prompts = over = longest = 0
+    for lang in languages:
+        split = read_json(split_dir / f"{lang}.json")
+        wanted = set(split["train"]) | set(split["valid"])
+        for record in read_jsonl(corpus_dir / f"{lang}.jsonl"):
+            if record["id"] in wanted:
+                n = len(encode_prompt(tokenizer, build_messages(config["prompts"]["extract"], record["text"],
+                                                                role=config["prompts"]["role"])))
+                prompts, over, longest = prompts + 1, over + (n > limit), max(longest, n)
+    result.update(prompts=prompts, over=over, longest=longest)
+    return result
+
+
+def render(rows: list[dict], teacher: dict) -> str:
+    lines = [
+        "| variant | documents | documents/step | steps/epoch | optimizer steps | evaluations | warm-up steps | tokens/step |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['variant']} | {row['documents']} | {row['documents_per_step']} | {row['steps_per_epoch']} "
+            f"| {row['optimizer_steps']} | {row['evaluations']} | {row['warmup_steps']} "
+            f"| {row['tokens_per_step']:,} ({row['tokens_per_step_source']}) |"
+        )
+    lines.append("")
+    if "not_measured" in teacher:
+        lines.append(f"teacher prompts over max_prompt_tokens ({teacher['max_prompt_tokens']}): not measured, {teacher['not_measured']}")
+    else:
+        lines.append(
+            f"teacher prompts over max_prompt_tokens ({teacher['max_prompt_tokens']}): {teacher['over']} of "
+            f"{teacher['prompts']} (longest {teacher['longest']} tokens; on_long_prompt: {teacher['on_long_prompt']})"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _run(args) -> None:
+    base = None if args.no_base else args.base
+    if base and not Path(base).is_file():
+        raise ClinsumError(f"{base}: the base configuration is missing (run from the checkout, or pass --no-base)")
+    config = load_config(args.configfile, base)
+    results = Path(args.results)
+    documents = args.documents or train_documents(results / "split", config["languages"])
+    if documents is None:
+        raise ClinsumError(
+            f"{results / 'split'}: no split files yet; give the training document count with --documents"
+        )
+    rows = variant_rows(config, documents, results / "data" / "train.jsonl")
+    teacher = teacher_prompts_over(config, results / "corpus", results / "split")
+    print(json.dumps({"variants": rows, "teacher": teacher}, indent=2) if args.json else render(rows, teacher), end="")
+
+
+def add_cli(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "plan",
+        help="optimizer steps, evaluations and tokens per step of each variant, teacher prompts over the context",
+        description=__doc__.split("\n\n")[1],
+    )
+    parser.add_argument("--configfile", nargs="*", default=[], help="configuration files, merged over --base in order")
+    parser.add_argument("--base", default="config/config.yaml", help="the Snakefile's configfile (default: %(default)s)")
+    parser.add_argument("--no-base", action="store_true", help="do not merge the configfiles over --base")
+    parser.add_argument("--documents", type=int, help="training documents (all languages); default: from the split files")
+    parser.add_argument("--results", default="results", help="the workflow's results folder (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(func=_run)
