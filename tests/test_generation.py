@@ -93,6 +93,24 @@ def test_transformers_batches_return_input_order_and_topk(tiny_dir, tokenizer):
     assert [c.token_ids for c in reused.generate(prompts, max_new_tokens=6)] == [c.token_ids for c in batched]
 
 
+def test_greedy_ignores_the_models_own_sampling_defaults(tiny_dir, tokenizer):
+    """A model whose generation_config.json samples (as Qwen2.5-Instruct's: temperature 0.7, top-p 0.8,
+    top-k 20, repetition penalty 1.1) still decodes greedily, with no penalty, when the config says so; and
+    it keeps its own generation config (a trained student is saved with it)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    prompts = prompts_for(tokenizer)
+    neutral = generation.TransformersGenerator(tiny_dir, dtype="float32", batch_size=4).generate(prompts, 10)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    model.generation_config.update(do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.1)
+    sampling_defaults = generation.TransformersGenerator.from_model(model, tokenizer, batch_size=4)
+    for seed in (0, 1):
+        got = sampling_defaults.generate(prompts, 10, seed=seed)
+        assert [c.token_ids for c in got] == [c.token_ids for c in neutral]
+    assert model.generation_config.do_sample and model.generation_config.repetition_penalty == 1.1
+
+
 def test_sampling_is_seeded(tiny_dir, tokenizer):
     prompts = prompts_for(tokenizer)[:2]
     generator = generation.TransformersGenerator(tiny_dir, dtype="float32", batch_size=2)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -169,7 +170,8 @@ class TransformersGenerator(Generator):
     def _generation_config(self, max_new_tokens, temperature, top_p, top_logprobs):
         from transformers import GenerationConfig
 
-        # A fresh config, not the model's: no repetition penalty or top-k=50 default that vLLM would not apply.
+        # A fresh config, not the model's: no repetition penalty or top-k=50 default that vLLM would not apply
+        # (and `_model_defaults_off` keeps generate() from filling this one's defaults from the model's).
         sampling = temperature > 0
         return GenerationConfig(
             max_new_tokens=max_new_tokens,
@@ -196,7 +198,7 @@ class TransformersGenerator(Generator):
             input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
             attention_mask[row, width - len(prompt) :] = 1
         device = self.model.device
-        with torch.inference_mode():
+        with torch.inference_mode(), _model_defaults_off(self.model):
             out = self.model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
@@ -237,6 +239,22 @@ class TransformersGenerator(Generator):
     def close(self) -> None:
         self.model = None
         gc.collect()
+
+
+@contextmanager
+def _model_defaults_off(model):
+    """transformers' generate() replaces every value of the generation config it is given that equals the
+    library default with the model's own generation_config.json value: with Qwen2.5-Instruct's (sampling on,
+    temperature 0.7, top-p 0.8, top-k 20, repetition penalty 1.1), greedy decoding would sample. For the
+    call, the model's generation config is a neutral one; the model keeps its own (it is saved with it)."""
+    from transformers import GenerationConfig
+
+    own = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = own
 
 
 def _check_penalty(repetition_penalty: float) -> None:
