@@ -86,6 +86,20 @@ def gpu_model_resource(section):
     return {"gpu_model": model} if model else {}
 
 
+SYNTHETIC = config["corpus"].get("synthetic")
+
+
+def check_synthetic_is_a_source():
+    """A generated corpus is read like any other: its path must be one of the sources."""
+    paths = [source["path"] for source in config["corpus"]["sources"]]
+    if SYNTHETIC and SYNTHETIC["path"] not in paths:
+        raise WorkflowError(
+            f"config corpus.synthetic.path {SYNTHETIC['path']} is not one of corpus.sources ({', '.join(paths)})"
+        )
+
+
+check_synthetic_is_a_source()
+
 TEACHER = model_path(config["teacher"]["model"])
 STUDENT = model_path(config["student"]["model"])
 

@@ -1,3 +1,29 @@
+if SYNTHETIC:
+
+    rule synthetic_corpus:
+        input:
+            sentences=SYNTHETIC["sentences"],
+            code=code("synthetic", "io"),
+        output:
+            directory(SYNTHETIC["path"]),
+        log:
+            "results/logs/synthetic_corpus.log",
+        conda:
+            "../../envs/train.yaml"
+        resources:
+            mem_mb=1000,
+        params:
+            languages=" ".join(LANGS),
+            gold=SYNTHETIC["gold"],
+            test=SYNTHETIC["test"],
+            large_scale=SYNTHETIC["large_scale"],
+            seed=SYNTHETIC["seed"],
+        shell:
+            "python -m clinsum synthetic --sentences {input.sentences:q} --out {output:q} --languages {params.languages}"
+            " --gold {params.gold} --test {params.test} --large-scale {params.large_scale} --seed {params.seed}"
+            " > {log} 2>&1"
+
+
 rule ingest:
     input:
         sources=[source["path"] for source in config["corpus"]["sources"]],
