@@ -137,6 +137,15 @@ def test_best_and_worst_examples(evaluated):
     assert examples["best"]["prediction"] == best["prediction"] and examples["best"]["reference"] == best["reference"]
 
 
+def test_tied_scores_still_give_two_examples():
+    documents = [{"id": f"d{i}", "rougeLsum_f": 0.0, "degenerate_reason": None, "unsupported_numbers": []} for i in range(3)]
+    records = [{"id": f"d{i}", "prediction": "", "reference": "r"} for i in range(3)]
+    examples = evaluate.best_and_worst(records, documents, "rougeLsum_f")
+    assert (examples["best"]["id"], examples["worst"]["id"]) == ("d0", "d2")
+    one = evaluate.best_and_worst(records[:1], documents[:1], "rougeLsum_f")
+    assert one["best"]["id"] == one["worst"]["id"] == "d0"
+
+
 def test_multiclinsum2026_equals_the_organisers_settings(tmp_path, bertscore_encoder_dir):
     """The organisers' ROUGE (rouge-score, ROUGE-1/2/Lsum F1, no stemmer, default tokenizer, per document,
     averaged) and BERTScore (bert_score.score with the same encoder and layer, no rescaling, F1 clamped)."""

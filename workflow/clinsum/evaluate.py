@@ -91,11 +91,12 @@ def example(record: dict, document: dict, metric: str) -> dict:
 
 
 def best_and_worst(scored: list[dict], documents: list[dict], metric: str) -> dict | None:
-    """The best and the worst scored summary by `metric` (ties: the first in file order)."""
+    """The best and the worst scored summary by `metric`; of tied ones, the first is best and the last worst,
+    so that two or more documents always give two examples."""
     if not documents:
         return None
     best = max(range(len(documents)), key=lambda i: documents[i][metric])
-    worst = min(range(len(documents)), key=lambda i: documents[i][metric])
+    worst = min(range(len(documents)), key=lambda i: (documents[i][metric], -i))
     return {
         "metric": metric,
         "best": example(scored[best], documents[best], metric),
