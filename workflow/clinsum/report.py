@@ -330,10 +330,12 @@ def faithfulness_markdown(rows: list[dict]) -> str:
 def write_faithfulness_csv(path: Path, rows: list[dict]) -> None:
     import pandas as pd
 
+    flat = []
+    for row in rows:  # one column per degenerate kind
+        kinds = {f"degenerate_{kind}": count for kind, count in row["degenerate_kinds"].items()}
+        flat.append({key: value for key, value in row.items() if key != "degenerate_kinds"} | kinds)
     with atomic_path(path) as handle:
-        pd.DataFrame([{k: v for k, v in row.items() if k != "degenerate_kinds"} | {
-            f"degenerate_{kind}": count for kind, count in row["degenerate_kinds"].items()
-        } for row in rows]).to_csv(handle, index=False, float_format="%.4f")
+        pd.DataFrame(flat).to_csv(handle, index=False, float_format="%.4f")
 
 
 # ---------------------------------------------------------------- paired bootstrap
