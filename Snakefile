@@ -26,6 +26,7 @@ include: "workflow/rules/teacher.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/infer.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/judge.smk"
 
 
 rule all:

@@ -1,4 +1,4 @@
-"""`clinsum evaluate`: per-document scores, means and counts from a predictions JSONL."""
+"""`clinsum evaluate`: per-document scores under a scoring protocol, faithfulness fields, means and counts."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from clinsum import evaluate, metrics
+from clinsum import evaluate, faithfulness, metrics
 from clinsum.io import ClinsumError, read_json, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
-SETTINGS = {"rouge_tokenizer": "default", "bertscore": {"model": "all-minilm-l6-v2", "num_layers": 6, "batch_size": 4}}
+# The paper's protocol with the offline encoder in place of distilbert-base-uncased (an override).
+SETTINGS = {"protocol": "paper", "bertscore": {"model": "all-minilm-l6-v2", "num_layers": 6, "batch_size": 4}}
 
 
 @pytest.fixture(scope="session")
@@ -26,31 +27,50 @@ def bertscore_encoder_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
-def prediction(doc_id, text, reference, lang="es", **extra):
-    return {"id": doc_id, "lang": lang, "prediction": text, "reference": reference, "finish_reason": "stop", **extra}
+def prediction(doc_id, text, reference, lang="es", finish_reason="stop", **extra):
+    return {"id": doc_id, "lang": lang, "prediction": text, "reference": reference, "finish_reason": finish_reason, **extra}
 
 
+# the embedded default's Spanish `distil` loop
+LOOP = "Paciente de 70 años. La necesidad" + " de la necesidad" * 12
 RECORDS = [
-    prediction("multiclinsum_gs_es_1", "El paciente tenía fiebre y tos.", "Paciente con fiebre, tos y disnea."),
+    # a planted unsupported dose: the report gives 500 mg, the summary 750 mg (and 2.5 mg as the report's 2,5 mg)
+    prediction("multiclinsum_gs_es_1", "El paciente tenía fiebre y tos; recibió 750 mg de amoxicilina y 2.5 mg de warfarina.",
+               "Paciente con fiebre, tos y disnea."),
     prediction("multiclinsum_gs_es_2", "", "Mujer de 45 años con dolor torácico.", input_truncated=True),
     prediction("multiclinsum_gs_es_3", "Dolor torácico.\nECG normal.", "Dolor torácico con ECG normal.", fp32_fallback=True),
+    prediction("multiclinsum_gs_es_4", LOOP, "Paciente de 70 años con neumonía.", finish_reason="length"),
     prediction("multiclinsum_test_1_es", "Resumen sin referencia.", None),
     prediction("multiclinsum_test_2_es", "Otro resumen.", None),
 ]
+REPORTS = {
+    "multiclinsum_gs_es_1": "Varón con fiebre y tos. Recibió amoxicilina 500 mg cada 8 horas y warfarina 2,5 mg.",
+    "multiclinsum_gs_es_2": "Mujer de 45 años con dolor torácico de 2 horas de evolución.",
+    "multiclinsum_gs_es_3": "Dolor torácico opresivo. El ECG fue normal.",
+    "multiclinsum_gs_es_4": "Paciente de 70 años con neumonía adquirida en la comunidad.",
+    "multiclinsum_test_1_es": "Informe de prueba.",
+    "multiclinsum_test_2_es": "Otro informe.",
+}
+
+
+def write_inputs(directory: Path, records=RECORDS, reports=REPORTS, lang="es") -> tuple[Path, Path]:
+    write_jsonl(directory / f"{lang}.jsonl", records)
+    write_jsonl(directory / "corpus.jsonl", [{"id": i, "lang": lang, "text": t} for i, t in reports.items()])
+    return directory / f"{lang}.jsonl", directory / "corpus.jsonl"
 
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, bertscore_encoder_dir):
     tmp = tmp_path_factory.mktemp("eval")
-    write_jsonl(tmp / "es.jsonl", RECORDS)
+    predictions, corpus = write_inputs(tmp)
     out = tmp / "eval" / "standard" / "es.json"
-    evaluate.evaluate_file(tmp / "es.jsonl", out, SETTINGS, bertscore_encoder_dir, "standard", "es", device="cpu")
+    evaluate.evaluate_file(predictions, corpus, out, SETTINGS, bertscore_encoder_dir, "standard", "es", device="cpu")
     return read_json(out)
 
 
 def test_counts_and_provenance(evaluated, bertscore_encoder_dir):
     assert evaluated["model"] == "standard" and evaluated["lang"] == "es"
-    assert evaluated["n"] == 3
+    assert evaluated["n"] == 4
     assert evaluated["n_unscored"] == 2
     assert evaluated["unscored_ids"] == ["multiclinsum_test_1_es", "multiclinsum_test_2_es"]
     assert evaluated["n_empty_predictions"] == 1
@@ -60,30 +80,117 @@ def test_counts_and_provenance(evaluated, bertscore_encoder_dir):
     assert evaluated["bertscore"]["path"] == str(bertscore_encoder_dir)
     assert evaluated["bertscore"]["num_layers"] == 6
     assert evaluated["bertscore"]["rescale_with_baseline"] is False
+    assert evaluated["bertscore"]["max_tokens"] is None and evaluated["bertscore"]["clamp_f1"] is False
+    protocol = evaluated["protocol"]
+    assert protocol["name"] == "paper" and protocol["headline"] == "rougeLsum_f"
+    assert protocol["overrides"] == [
+        {"part": "bertscore.model", "value": "all-minilm-l6-v2", "protocol": "distilbert/distilbert-base-uncased"},
+        {"part": "bertscore.num_layers", "value": 6, "protocol": 5},
+    ]
 
 
 def test_per_document_scores_and_means(evaluated):
     documents = evaluated["documents"]
-    assert [doc["id"] for doc in documents] == ["multiclinsum_gs_es_1", "multiclinsum_gs_es_2", "multiclinsum_gs_es_3"]
-    scored = RECORDS[:3]
+    assert [doc["id"] for doc in documents] == [f"multiclinsum_gs_es_{i}" for i in range(1, 5)]
+    scored = RECORDS[:4]
     rouge = metrics.rouge_scores([r["prediction"] for r in scored], [r["reference"] for r in scored])
     for doc, expected in zip(documents, rouge):
-        assert set(doc) == {"id", *metrics.ROUGE_KEYS, *metrics.BERTSCORE_KEYS}
+        assert set(doc) == {"id", *metrics.ROUGE_KEYS, *metrics.BERTSCORE_KEYS, *faithfulness.FIELDS}
         for key, value in expected.items():
             assert doc[key] == pytest.approx(value)
     empty = documents[1]
     assert all(empty[key] == 0.0 for key in (*metrics.ROUGE_KEYS, *metrics.BERTSCORE_KEYS))
     assert 0.5 < documents[0]["bertscore_f"] < 1.0
-    for key in (*metrics.ROUGE_KEYS, *metrics.BERTSCORE_KEYS):
-        assert evaluated["means"][key] == pytest.approx(sum(doc[key] for doc in documents) / 3)
+    for key in (*metrics.ROUGE_KEYS, *metrics.BERTSCORE_KEYS, "novel_bigram_rate", "compression"):
+        assert evaluated["means"][key] == pytest.approx(sum(doc[key] for doc in documents) / 4)
+
+
+def test_planted_unsupported_dose_is_counted(evaluated):
+    first = evaluated["documents"][0]
+    # 750 mg is not in the report; 2.5 mg is the report's "2,5 mg"
+    assert first["n_numbers"] == 2 and first["n_unsupported_numbers"] == 1
+    assert first["unsupported_numbers"] == ["750 mg"]
+    assert evaluated["documents"][2]["n_numbers"] == 0
+    # 1 unsupported of 3 numbers (750, 2.5, and the loop's 70, which its report has)
+    assert evaluated["means"]["unsupported_number_rate"] == pytest.approx(1 / 3)
+    assert evaluated["means"]["n_unsupported_numbers"] == pytest.approx(1 / 4)
+
+
+def test_degenerate_summaries_are_flagged_and_counted(evaluated):
+    flags = [(doc["degenerate"], doc["degenerate_reason"]) for doc in evaluated["documents"]]
+    assert flags[0] == (False, None) and flags[2] == (False, None)
+    assert flags[1] == (True, "empty output")
+    assert flags[3][0] and flags[3][1].startswith("loop: 'la necesidad de'")
+    assert evaluated["n_degenerate"] == 2
+    assert evaluated["degenerate_kinds"] == {"empty": 1, "characters": 0, "loop": 1, "cut": 0}
+    assert evaluated["means"]["degenerate"] == pytest.approx(0.5)
+
+
+def test_best_and_worst_examples(evaluated):
+    examples = evaluated["examples"]
+    assert examples["metric"] == "rougeLsum_f"
+    scores = {doc["id"]: doc["rougeLsum_f"] for doc in evaluated["documents"]}
+    assert examples["best"]["id"] == max(scores, key=scores.get)
+    assert examples["worst"]["id"] == "multiclinsum_gs_es_2"  # the empty prediction scores 0
+    assert examples["worst"]["degenerate_reason"] == "empty output"
+    best = next(r for r in RECORDS if r["id"] == examples["best"]["id"])
+    assert examples["best"]["prediction"] == best["prediction"] and examples["best"]["reference"] == best["reference"]
+
+
+def test_tied_scores_still_give_two_examples():
+    documents = [{"id": f"d{i}", "rougeLsum_f": 0.0, "degenerate_reason": None, "unsupported_numbers": []} for i in range(3)]
+    records = [{"id": f"d{i}", "prediction": "", "reference": "r"} for i in range(3)]
+    examples = evaluate.best_and_worst(records, documents, "rougeLsum_f")
+    assert (examples["best"]["id"], examples["worst"]["id"]) == ("d0", "d2")
+    one = evaluate.best_and_worst(records[:1], documents[:1], "rougeLsum_f")
+    assert one["best"]["id"] == one["worst"]["id"] == "d0"
+
+
+def test_multiclinsum2026_equals_the_organisers_settings(tmp_path, bertscore_encoder_dir):
+    """The organisers' ROUGE (rouge-score, ROUGE-1/2/Lsum F1, no stemmer, default tokenizer, per document,
+    averaged) and BERTScore (bert_score.score with the same encoder and layer, no rescaling, F1 clamped)."""
+    import bert_score
+    from rouge_score import rouge_scorer
+
+    predictions, corpus = write_inputs(tmp_path)
+    settings = {"protocol": "multiclinsum2026", "bertscore": {"model": "all-minilm-l6-v2", "batch_size": 4}}
+    result = evaluate.evaluate_file(
+        predictions, corpus, tmp_path / "out.json", settings, bertscore_encoder_dir, "distil", "es", device="cpu"
+    )
+    scored = [r for r in RECORDS if r["reference"] is not None]
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeLsum"], use_stemmer=False)
+    direct = [scorer.score(target=r["reference"], prediction=r["prediction"]) for r in scored]
+    for kind in ("rouge1", "rouge2", "rougeLsum"):
+        expected = sum(pair[kind].fmeasure for pair in direct) / len(direct)
+        assert abs(result["means"][f"{kind}_f"] - expected) < 1e-6
+    _, _, f1 = bert_score.score(
+        [r["prediction"] for r in scored], [r["reference"] for r in scored], model_type=str(bertscore_encoder_dir),
+        num_layers=6, lang="es", rescale_with_baseline=False, use_fast_tokenizer=False, verbose=False,
+    )
+    for doc, record, expected in zip(result["documents"], scored, f1.tolist()):
+        expected = 0.0 if not record["prediction"] else min(1.0, max(0.0, expected))
+        assert abs(doc["bertscore_f"] - expected) < 1e-6
+    assert result["bertscore"]["num_layers"] == 6  # the override's own layer count, not the protocol's 12
+    assert result["bertscore"]["max_tokens"] == 512 and result["bertscore"]["clamp_f1"] is True
+    assert [item["part"] for item in result["protocol"]["overrides"]] == ["bertscore.model", "bertscore.num_layers"]
+    assert result["protocol"]["official"] == ["rouge1_f", "rouge2_f", "rougeLsum_f", "bertscore_f"]
 
 
 def test_only_unscored_documents(tmp_path, bertscore_encoder_dir):
-    write_jsonl(tmp_path / "en.jsonl", [prediction("multiclinsum_test_1_en", "A summary.", None, lang="en")])
+    predictions, corpus = write_inputs(
+        tmp_path, [prediction("multiclinsum_test_1_en", "A summary.", None, lang="en")], {}, lang="en"
+    )
     result = evaluate.evaluate_file(
-        tmp_path / "en.jsonl", tmp_path / "out.json", SETTINGS, bertscore_encoder_dir, "base", "en", device="cpu"
+        predictions, corpus, tmp_path / "out.json", SETTINGS, bertscore_encoder_dir, "base", "en", device="cpu"
     )
     assert result["n"] == 0 and result["n_unscored"] == 1 and result["means"] == {} and result["documents"] == []
+    assert result["examples"] is None and result["n_degenerate"] == 0
+
+
+def test_a_predicted_document_missing_from_the_corpus_is_named(tmp_path, bertscore_encoder_dir):
+    predictions, corpus = write_inputs(tmp_path, RECORDS[:2], {"multiclinsum_gs_es_1": "Informe."})
+    with pytest.raises(ClinsumError, match=r"corpus.jsonl: 1 predicted document\(s\) are not in the corpus"):
+        evaluate.evaluate_file(predictions, corpus, tmp_path / "o.json", SETTINGS, bertscore_encoder_dir, "m", "es")
 
 
 @pytest.mark.parametrize(
@@ -113,12 +220,18 @@ def test_num_layers_resolution(tmp_path, bertscore_encoder_dir):
         evaluate.resolve_num_layers("unknown", tmp_path, None)
 
 
-def test_bad_tokenizer_and_model_dir(tmp_path, bertscore_encoder_dir):
-    write_jsonl(tmp_path / "es.jsonl", RECORDS[:1])
-    with pytest.raises(ClinsumError, match="rouge_tokenizer"):
-        evaluate.evaluate_file(tmp_path / "es.jsonl", tmp_path / "o.json", {"rouge_tokenizer": "x"}, bertscore_encoder_dir, "m", "es")
+def test_bad_settings_and_model_dir(tmp_path, bertscore_encoder_dir):
+    predictions, corpus = write_inputs(tmp_path, RECORDS[:1])
+    for settings, message in (
+        ({**SETTINGS, "rouge_tokenizer": "x"}, "rouge_tokenizer"),
+        ({"bertscore": SETTINGS["bertscore"]}, "evaluate.protocol is missing"),
+        ({**SETTINGS, "protocol": "rouge2004"}, "'rouge2004' is not one of paper, multiclinsum2026"),
+        ({"protocol": "paper", "bertscore": {"model": "x"}}, "bertscore.batch_size is missing"),
+    ):
+        with pytest.raises(ClinsumError, match=message):
+            evaluate.evaluate_file(predictions, corpus, tmp_path / "o.json", settings, bertscore_encoder_dir, "m", "es")
     with pytest.raises(ClinsumError, match="not a model directory"):
-        evaluate.evaluate_file(tmp_path / "es.jsonl", tmp_path / "o.json", SETTINGS, tmp_path, "m", "es")
+        evaluate.evaluate_file(predictions, corpus, tmp_path / "o.json", SETTINGS, tmp_path, "m", "es")
 
 
 def cli(*args, cwd):
@@ -128,14 +241,16 @@ def cli(*args, cwd):
 
 @pytest.mark.slow
 def test_cli_offline_multilingual(tmp_path, bertscore_encoder_dir):
-    write_jsonl(tmp_path / "es.jsonl", RECORDS)
+    write_inputs(tmp_path)
     settings = {**SETTINGS, "rouge_tokenizer": "multilingual"}
-    args = ["evaluate", "--predictions", "es.jsonl", "--model", "distil", "--lang", "es", "--settings", json.dumps(settings),
-            "--bertscore-model", str(bertscore_encoder_dir), "--device", "cpu", "--threads", "1", "--out", "out/es.json"]
+    args = ["evaluate", "--predictions", "es.jsonl", "--corpus", "corpus.jsonl", "--model", "distil", "--lang", "es",
+            "--settings", json.dumps(settings), "--bertscore-model", str(bertscore_encoder_dir), "--device", "cpu",
+            "--threads", "1", "--out", "out/es.json"]
     done = cli(*args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     result = read_json(tmp_path / "out" / "es.json")
-    assert result["rouge"]["tokenizer"] == "multilingual" and result["n"] == 3
+    assert result["rouge"]["tokenizer"] == "multilingual" and result["n"] == 4
+    assert {"part": "rouge_tokenizer", "value": "multilingual", "protocol": "default"} in result["protocol"]["overrides"]
     expected = metrics.rouge_scores([RECORDS[0]["prediction"]], [RECORDS[0]["reference"]], tokenizer="multilingual")[0]
     assert result["documents"][0]["rouge1_f"] == pytest.approx(expected["rouge1_f"])
 

@@ -119,3 +119,36 @@ def test_bertscore_matches_bert_score_with_a_local_model(bertscore_encoder_dir):
 
 def test_bertscore_of_nothing_is_empty(bertscore_encoder_dir):
     assert metrics.bertscore([], [], str(bertscore_encoder_dir), num_layers=6) == []
+
+
+def test_bertscore_truncates_inputs_to_max_tokens(bertscore_encoder_dir):
+    """With max_tokens, only the first tokens count: texts that differ after them score the same."""
+    head = "The patient presented with fever, cough and dyspnea and was treated with antibiotics. " * 2
+    predictions = [head + "She recovered fully.", head + "Metastatic carcinoma was found at autopsy."]
+    references = [REFERENCES[0]] * 2
+    cut = metrics.bertscore(predictions, references, str(bertscore_encoder_dir), num_layers=6, max_tokens=16)
+    assert cut[0] == cut[1]
+    whole = metrics.bertscore(predictions, references, str(bertscore_encoder_dir), num_layers=6)
+    assert whole[0]["bertscore_f"] != pytest.approx(whole[1]["bertscore_f"], abs=1e-4)
+    # a limit above the encoder's own (512) changes nothing
+    assert metrics.bertscore(predictions, references, str(bertscore_encoder_dir), num_layers=6, max_tokens=4096) == whole
+
+
+def test_bertscore_clamps_f1_only_when_asked(monkeypatch):
+    """MultiClinSum-2's scorer clips F1 to [0, 1]; raw cosine F1 can leave it (a stub scorer shows both sides)."""
+    import bert_score
+    import torch
+
+    class StubScorer:
+        def __init__(self, **kwargs):
+            self._tokenizer = type("Tokenizer", (), {"model_max_length": 512})()
+
+        def score(self, cands, refs, batch_size):
+            return torch.tensor([0.9, 0.1]), torch.tensor([0.9, 0.1]), torch.tensor([1.25, -0.5])
+
+    monkeypatch.setattr(bert_score, "BERTScorer", StubScorer)
+    raw = metrics.bertscore(["a", "b"], ["a", "b"], "stub", num_layers=1)
+    clamped = metrics.bertscore(["a", "b"], ["a", "b"], "stub", num_layers=1, clamp=True)
+    assert [row["bertscore_f"] for row in raw] == [1.25, -0.5]
+    assert [row["bertscore_f"] for row in clamped] == [1.0, 0.0]
+    assert [row["bertscore_p"] for row in clamped] == pytest.approx([0.9, 0.1])

@@ -1,8 +1,11 @@
-"""Evaluate: ROUGE and BERTScore of one model's predictions for one language.
+"""Evaluate: scores and clinical faithfulness of one model's predictions for one language.
 
-Reads `results/predictions/{model}/{lang}.jsonl` and writes `results/eval/{model}/{lang}.json`:
-per-document scores (id + every metric), their means, and how they were made (ROUGE tokenizer,
-BERTScore model and layer). Documents without a reference (MultiClinSum's test layout) cannot be
+Reads `results/predictions/{model}/{lang}.jsonl` and the reports (`results/corpus/{lang}.jsonl`) and
+writes `results/eval/{model}/{lang}.json`: per-document ROUGE and BERTScore under the configured scoring
+protocol (`clinsum.protocols`: which parts come from it and which the config overrides), the
+faithfulness checks of each summary against its report (`clinsum.faithfulness`: unsupported numbers,
+novel bigrams, compression, degenerate outputs), their means, the best and the worst scored summary,
+and how the scores were made. Documents without a reference (MultiClinSum's test layout) cannot be
 scored: they are counted as unscored and listed. An empty prediction is scored (0 on every metric),
 not skipped, and counted.
 """
@@ -12,33 +15,17 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections import Counter
 from pathlib import Path
 
-from . import metrics
-from .io import ClinsumError, read_json, read_jsonl, write_json
+from . import faithfulness, metrics, protocols
+from .degeneration import KINDS, reason_kind
+from .io import ClinsumError, read_json, write_json
+from .predictions import load_predictions, load_sources
 
 log = logging.getLogger(__name__)
 
-
-def load_predictions(path: str | Path, lang: str | None = None) -> list[dict]:
-    """Prediction records, checked: unique string ids, string predictions, string-or-null references."""
-    records, seen = [], set()
-    for number, record in enumerate(read_jsonl(path), start=1):
-        where = f"{path}: record {number}"
-        if not isinstance(record, dict) or not isinstance(record.get("id"), str) or not record["id"]:
-            raise ClinsumError(f"{where}: missing or non-string \"id\"")
-        where = f"{path}: document {record['id']}"
-        if record["id"] in seen:
-            raise ClinsumError(f"{where}: duplicate id")
-        seen.add(record["id"])
-        if not isinstance(record.get("prediction"), str):
-            raise ClinsumError(f"{where}: \"prediction\" must be a string, got {type(record.get('prediction')).__name__}")
-        if "reference" not in record or not (record["reference"] is None or isinstance(record["reference"], str)):
-            raise ClinsumError(f"{where}: \"reference\" must be a string or null")
-        if lang is not None and record.get("lang", lang) != lang:
-            raise ClinsumError(f"{where}: lang {record.get('lang')!r} in a file for {lang!r}")
-        records.append(record)
-    return records
+__all__ = ["evaluate_file", "evaluate_records", "load_predictions", "resolve_num_layers"]
 
 
 def resolve_num_layers(model_ref: str, model_dir: str | Path, num_layers: int | None) -> int:
@@ -69,78 +56,144 @@ def pick_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def evaluate_records(
-    records: list[dict],
-    rouge_tokenizer: str,
-    bertscore_dir: str | Path,
-    num_layers: int,
-    batch_size: int = 16,
-    device: str = "cpu",
-) -> dict:
-    """Score the records that have a reference; returns documents, means and counts."""
-    scored = [record for record in records if record["reference"] is not None]
-    unscored = [record["id"] for record in records if record["reference"] is None]
+def score_documents(scored: list[dict], settings: dict, bertscore_dir: str | Path, device: str) -> list[dict]:
+    """ROUGE and BERTScore rows of the records that have a reference, under resolved `settings`."""
     predictions = [record["prediction"] for record in scored]
     references = [record["reference"] for record in scored]
-    rouge_rows = metrics.rouge_scores(predictions, references, tokenizer=rouge_tokenizer)
-    bert_rows = metrics.bertscore(predictions, references, str(bertscore_dir), num_layers, batch_size, device)
-    documents = []
+    bert = settings["bertscore"]
+    rouge_rows = metrics.rouge_scores(
+        predictions, references, tokenizer=settings["rouge_tokenizer"], use_stemmer=settings["rouge_stemmer"]
+    )
+    bert_rows = metrics.bertscore(
+        predictions, references, str(bertscore_dir), bert["num_layers"], bert["batch_size"], device,
+        max_tokens=bert["max_tokens"], clamp=bert["clamp"],
+    )
+    rows = []
     for record, rouge_row, bert_row in zip(scored, rouge_rows, bert_rows):
         row = {"id": record["id"], **rouge_row, **bert_row}
         bad = [key for key, value in row.items() if isinstance(value, float) and not math.isfinite(value)]
         if bad:
             raise ClinsumError(f"document {record['id']}: non-finite {', '.join(bad)}")
-        documents.append(row)
+        rows.append(row)
+    return rows
+
+
+def example(record: dict, document: dict, metric: str) -> dict:
+    """A summary shown in the report beside its reference, with what the checks found in it."""
+    return {
+        "id": record["id"],
+        "score": document[metric],
+        "prediction": record["prediction"],
+        "reference": record["reference"],
+        "degenerate_reason": document["degenerate_reason"],
+        "unsupported_numbers": document["unsupported_numbers"],
+    }
+
+
+def best_and_worst(scored: list[dict], documents: list[dict], metric: str) -> dict | None:
+    """The best and the worst scored summary by `metric`; of tied ones, the first is best and the last worst,
+    so that two or more documents always give two examples."""
+    if not documents:
+        return None
+    best = max(range(len(documents)), key=lambda i: documents[i][metric])
+    worst = min(range(len(documents)), key=lambda i: (documents[i][metric], -i))
+    return {
+        "metric": metric,
+        "best": example(scored[best], documents[best], metric),
+        "worst": example(scored[worst], documents[worst], metric),
+    }
+
+
+def evaluate_records(
+    records: list[dict], sources: dict[str, str], settings: dict, bertscore_dir: str | Path, device: str = "cpu"
+) -> dict:
+    """Score the records that have a reference and check each against its report; documents, means, counts.
+
+    `settings` are resolved (`resolve_settings`); `sources` maps id -> report text.
+    """
+    scored = [record for record in records if record["reference"] is not None]
+    unscored = [record["id"] for record in records if record["reference"] is None]
+    score_rows = score_documents(scored, settings, bertscore_dir, device)
+    faith_rows = [
+        faithfulness.document_faithfulness(record["prediction"], sources[record["id"]], record.get("finish_reason"))
+        for record in scored
+    ]
+    documents = [{**score_row, **faith_row} for score_row, faith_row in zip(score_rows, faith_rows)]
+    kinds = Counter(reason_kind(doc["degenerate_reason"]) for doc in documents if doc["degenerate"])
+    headline = protocols.protocol(settings["protocol"])["headline"]
     return {
         "n": len(documents),
         "n_unscored": len(unscored),
-        "n_empty_predictions": sum(1 for text in predictions if not text.strip()),
+        "n_empty_predictions": sum(1 for record in scored if not record["prediction"].strip()),
         "n_input_truncated": sum(1 for record in records if record.get("input_truncated")),
         "n_fp32_fallback": sum(1 for record in records if record.get("fp32_fallback")),
-        "means": metrics.mean_scores(documents),
+        "n_degenerate": sum(kinds.values()),
+        "degenerate_kinds": {kind: kinds.get(kind, 0) for kind in KINDS},
+        # without a finish reason, an output cut at the token limit cannot be told from one that ended
+        "n_finish_reason_unknown": sum(1 for record in scored if record.get("finish_reason") is None),
+        "means": {**metrics.mean_scores(score_rows), **faithfulness.faithfulness_means(faith_rows)},
         "documents": documents,
         "unscored_ids": unscored,
+        "examples": best_and_worst(scored, documents, headline),
     }
+
+
+def resolve_settings(section: dict, lang: str, bertscore_dir: str | Path) -> dict:
+    """The config's evaluate section resolved for `lang` under its protocol, the encoder's layer known."""
+    settings = protocols.resolve(section, lang)
+    if settings["rouge_tokenizer"] not in metrics.TOKENIZERS:
+        raise ClinsumError(
+            f"evaluate.rouge_tokenizer: {settings['rouge_tokenizer']!r} is not one of {', '.join(metrics.TOKENIZERS)}"
+        )
+    bert = settings["bertscore"]
+    if "batch_size" not in bert:
+        raise ClinsumError("evaluate.bertscore.batch_size is missing (the config schema sets it)")
+    bert["num_layers"] = resolve_num_layers(bert["model"], bertscore_dir, bert["num_layers"])
+    return settings
 
 
 def evaluate_file(
     predictions_path: str | Path,
+    corpus_path: str | Path,
     out_path: str | Path,
-    settings: dict,
+    section: dict,
     bertscore_dir: str | Path,
     model: str,
     lang: str,
     device: str = "auto",
 ) -> dict:
-    """`settings` is the config's evaluate section (rouge_tokenizer, bertscore {model, num_layers, batch_size})."""
-    tokenizer = settings.get("rouge_tokenizer", "default")
-    if tokenizer not in metrics.TOKENIZERS:
-        raise ClinsumError(f"evaluate.rouge_tokenizer: {tokenizer!r} is not one of {', '.join(metrics.TOKENIZERS)}")
-    bert_settings = settings.get("bertscore", {})
+    """`section` is the config's evaluate section: protocol, the parts it overrides, bertscore.batch_size."""
     bertscore_dir = Path(bertscore_dir)
     if not (bertscore_dir / "config.json").is_file():
         raise ClinsumError(f"{bertscore_dir}: not a model directory (no config.json) for BERTScore")
-    model_ref = bert_settings.get("model", str(bertscore_dir))
-    num_layers = resolve_num_layers(model_ref, bertscore_dir, bert_settings.get("num_layers"))
-    device = pick_device(device)
-
+    settings = resolve_settings(section, lang, bertscore_dir)
     records = load_predictions(predictions_path, lang)
-    result = evaluate_records(
-        records, tokenizer, bertscore_dir, num_layers, bert_settings.get("batch_size", 16), device
-    )
+    sources = load_sources(corpus_path, [record["id"] for record in records if record["reference"] is not None])
+    result = evaluate_records(records, sources, settings, bertscore_dir, pick_device(device))
+    preset = protocols.protocol(settings["protocol"])
+    bert = settings["bertscore"]
     output = {
         "model": model,
         "lang": lang,
         "predictions": str(predictions_path),
+        "protocol": {
+            "name": settings["protocol"],
+            "description": preset["description"],
+            "official": preset["official"],
+            "headline": preset["headline"],
+            "overrides": protocols.overrides(settings, lang),
+        },
         "rouge": {
-            "tokenizer": tokenizer,
-            "use_stemmer": metrics.USE_STEMMER,
+            "tokenizer": settings["rouge_tokenizer"],
+            "use_stemmer": settings["rouge_stemmer"],
             "lsum_sentences": "newline-separated lines",
         },
         "bertscore": {
-            "model": model_ref,
+            "model": bert["model"],
             "path": str(bertscore_dir),
-            "num_layers": num_layers,
+            "num_layers": bert["num_layers"],
+            "max_tokens": bert["max_tokens"],
+            "clamp_f1": bert["clamp"],
             "idf": False,
             "rescale_with_baseline": False,
         },
@@ -149,9 +202,11 @@ def evaluate_file(
     write_json(out_path, output)
     means = result["means"]
     log.info(
-        "%s/%s: %d scored, %d unscored, %d empty; ROUGE-Lsum F1 %.4f, BERTScore F1 %.4f",
-        model, lang, result["n"], result["n_unscored"], result["n_empty_predictions"],
-        means.get("rougeLsum_f", float("nan")), means.get("bertscore_f", float("nan")),
+        "%s/%s (protocol %s): %d scored, %d unscored, %d empty, %d degenerate %s; ROUGE-Lsum F1 %.4f, "
+        "BERTScore F1 %.4f, unsupported numbers %.1f%%",
+        model, lang, settings["protocol"], result["n"], result["n_unscored"], result["n_empty_predictions"],
+        result["n_degenerate"], result["degenerate_kinds"], means.get("rougeLsum_f", float("nan")),
+        means.get("bertscore_f", float("nan")), 100 * means.get("unsupported_number_rate", float("nan")),
     )
     return output
 
@@ -165,23 +220,33 @@ def _run(args) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    evaluate_file(args.predictions, args.out, settings, args.bertscore_model, args.model, args.lang, args.device)
+    evaluate_file(
+        args.predictions, args.corpus, args.out, settings, args.bertscore_model, args.model, args.lang, args.device
+    )
 
 
 def add_cli(subparsers) -> None:
     parser = subparsers.add_parser(
-        "evaluate", help="ROUGE-1/2/L/Lsum and BERTScore of one model's predictions for one language"
+        "evaluate",
+        help="ROUGE-1/2/L/Lsum and BERTScore under a scoring protocol, and clinical faithfulness checks, "
+        "of one model's predictions for one language",
     )
     parser.add_argument("--predictions", required=True, help="results/predictions/{model}/{lang}.jsonl")
+    parser.add_argument(
+        "--corpus", required=True, help="results/corpus/{lang}.jsonl (the reports the summaries are checked against)"
+    )
     parser.add_argument("--model", required=True, help="model name recorded in the output (base or a variant)")
     parser.add_argument("--lang", required=True, help="language of the predictions (each record's lang must match)")
     parser.add_argument(
         "--settings",
-        default="{}",
-        help='the config\'s evaluate section as JSON: {"rouge_tokenizer": "default"|"multilingual", '
-        '"bertscore": {"model": NAME, "num_layers": INT, "batch_size": INT}}',
+        required=True,
+        help='the config\'s evaluate section as JSON: {"protocol": "paper"|"multiclinsum2026"|"multiclinsum2025", '
+        '"bertscore": {"batch_size": INT}, and any part the protocol sets, to override it: "rouge_tokenizer", '
+        '"rouge_stemmer", "bertscore": {"model", "num_layers", "max_tokens", "clamp"}}',
     )
-    parser.add_argument("--bertscore-model", required=True, help="local directory of the BERTScore encoder")
+    parser.add_argument(
+        "--bertscore-model", required=True, help="local directory of this language's BERTScore encoder"
+    )
     parser.add_argument("--device", default="auto", help="torch device for BERTScore: auto (cuda if present), cpu, cuda")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out", required=True, help="results/eval/{model}/{lang}.json")

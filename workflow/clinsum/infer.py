@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .chat import ROLES, encode_cropped_prompt
+from .degeneration import degenerate_reason
 from .io import ClinsumError, JsonlAppender, read_json, read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -48,19 +49,11 @@ DEFAULTS = {
     "seed": 0,
 }
 
-# Degenerate-output thresholds (see `degenerate_reason`).
-CHAR_RUN = 32  # one character repeated this many times in a row
-PERIOD_MAX = 4  # a repeated n-gram of at most this many tokens ...
-PERIOD_MIN_TOKENS = 32  # ... in an output of at least this many tokens ...
-PERIOD_SHARE = 0.75  # ... where this share of the tokens repeat the token `period` places before
-REPLACEMENT_FLOOD = 8  # this many U+FFFD, or a quarter of the text (at least 2)
-
 # Documents per generate call: the unit of progress that a killed job keeps. vLLM schedules its own
 # batches and gains from many prompts at once; transformers sorts each call's prompts by length.
 VLLM_CHUNK = 256
 TRANSFORMERS_CHUNK_BATCHES = 8
 
-_CHAR_RUN_RE = re.compile(r"(.)\1{%d,}" % (CHAR_RUN - 1), re.DOTALL)
 # torch.multinomial's error when sampling from NaN/inf probabilities
 _NAN_ERROR_RE = re.compile(r"\b(nan|inf)\b", re.IGNORECASE)
 
@@ -76,31 +69,6 @@ class Document:
 # pure parts
 
 
-def degenerate_reason(text: str, token_ids: list[int], finish_reason: str) -> str | None:
-    """Why an output looks like the product of NaN/inf logits rather than of the model, or None.
-
-    - empty text although generation ran to the length limit (every token special, e.g. token 0);
-    - one character repeated CHAR_RUN or more times in a row ("!!!!...");
-    - a short n-gram (period <= PERIOD_MAX tokens) repeated over PERIOD_SHARE of a long output;
-    - a flood of U+FFFD (token ids that decode to no valid UTF-8).
-    """
-    if finish_reason == "length" and not text.strip():
-        return f"empty output after {len(token_ids)} tokens at the length limit"
-    run = _CHAR_RUN_RE.search(text)
-    if run:
-        length = len(run.group(0))
-        return f"a run of {length} x {run.group(1)!r}"
-    n = len(token_ids)
-    if n >= PERIOD_MIN_TOKENS:
-        for period in range(1, PERIOD_MAX + 1):
-            repeats = sum(token_ids[i] == token_ids[i - period] for i in range(period, n))
-            if repeats >= PERIOD_SHARE * (n - period):
-                gram = token_ids[n - period :]
-                return f"the {period}-gram {gram} repeats over {repeats}/{n - period} tokens"
-    replacements = text.count("\ufffd")
-    if replacements >= REPLACEMENT_FLOOD or (replacements >= 2 and 4 * replacements >= len(text)):
-        return f"{replacements} U+FFFD characters in {len(text)}"
-    return None
 
 
 def chunks(items: list, size: int) -> Iterable[list]:

@@ -3,7 +3,8 @@
 The paper's evaluation of Table 4 (distil-tuning-llm, `analysis/evaluate_test_unofficial.py`) calls
 Hugging Face `evaluate`'s "rouge", which wraps rouge-score's `RougeScorer` with its defaults:
 `use_stemmer=False`, the default tokenizer, and ROUGE-Lsum on the text's own newlines (no sentence
-splitter). We do the same, so our numbers stay comparable with the paper's.
+splitter). MultiClinSum-2's scorer does the same. Which settings a run uses comes from its scoring
+protocol (`clinsum.protocols`).
 
 rouge-score's default tokenizer keeps only `[a-z0-9]` after lowercasing: every non-ASCII letter
 (é, ã, ñ, ç ...) is a token boundary, so "diagnóstico" becomes "diagn" + "stico". The "multilingual"
@@ -19,8 +20,6 @@ ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 ROUGE_KEYS = tuple(f"{kind}_{part}" for kind in ROUGE_TYPES for part in ("p", "r", "f"))
 BERTSCORE_KEYS = ("bertscore_p", "bertscore_r", "bertscore_f")
 TOKENIZERS = ("default", "multilingual")
-# The paper's evaluation used rouge-score through `evaluate`, whose default is no stemming.
-USE_STEMMER = False
 
 
 class MultilingualTokenizer:
@@ -53,7 +52,7 @@ def rouge_scores(
     predictions: list[str],
     references: list[str],
     tokenizer: str = "default",
-    use_stemmer: bool = USE_STEMMER,
+    use_stemmer: bool = False,
 ) -> list[dict]:
     """ROUGE-1/2/L/Lsum precision, recall and F1 per document, as floats in [0, 1].
 
@@ -86,36 +85,45 @@ def bertscore(
     num_layers: int,
     batch_size: int = 16,
     device: str = "cpu",
+    max_tokens: int | None = None,
+    clamp: bool = False,
 ) -> list[dict]:
     """BERTScore precision, recall and F1 per document (raw cosine scores: no baseline rescaling, no idf).
 
     `model_path` is a local model directory: bert-score passes `model_type` to transformers'
     `from_pretrained`, which loads a directory offline. bert-score looks the layer count up by model
     name, which fails for a path, so `num_layers` is explicit (the paper's distilbert-base-uncased: 5,
-    bert-score's own choice for it; all-MiniLM-L6-v2: 6). Inputs longer than the encoder's
-    `model_max_length` are truncated by bert-score. An empty prediction scores 0.
+    bert-score's own choice for it; all-MiniLM-L6-v2: 6). bert-score truncates inputs to the tokenizer's
+    `model_max_length`; `max_tokens` lowers that limit (mDeBERTa's tokenizer declares no limit, and
+    MultiClinSum-2's scorer truncates to 512 tokens). `clamp` clips F1 to [0, 1] as that scorer does.
+    An empty prediction scores 0. With neither option, this equals `bert_score.score` with the same
+    arguments (its slow tokenizer, as MultiClinSum-2's scorer).
     """
-    import bert_score
+    from bert_score import BERTScorer
 
     _check_pairs(predictions, references)
     if not predictions:
         return []
-    precision, recall, f1 = bert_score.score(
-        predictions,
-        references,
+    scorer = BERTScorer(
         model_type=str(model_path),
         num_layers=int(num_layers),
         batch_size=int(batch_size),
         device=device,
         idf=False,
         rescale_with_baseline=False,
-        verbose=False,
     )
+    if max_tokens:
+        # bert-score's sent_encode truncates at the tokenizer's model_max_length (a private attribute).
+        tokenizer = scorer._tokenizer
+        tokenizer.model_max_length = min(int(max_tokens), tokenizer.model_max_length)
+    precision, recall, f1 = scorer.score(predictions, references, batch_size=int(batch_size))
     rows = []
     for prediction, p, r, f in zip(predictions, precision.tolist(), recall.tolist(), f1.tolist()):
         if not prediction.strip():
             # bert-score already zeroes P and R for an empty candidate; make F1 explicit too.
             p = r = f = 0.0
+        if clamp:
+            f = min(1.0, max(0.0, f))
         rows.append({"bertscore_p": float(p), "bertscore_r": float(r), "bertscore_f": float(f)})
     return rows
 

@@ -289,17 +289,79 @@ INFER_GPU_MODEL = gpu_model_resource("infer")
 
 # ---------------------------------------------------------------- evaluate
 
+from clinsum import protocols as clinsum_protocols
+
 EVAL_MODELS = ["base"] + config["train"]["variants"]
-BERTSCORE_MODEL = model_input(config["evaluate"]["bertscore"]["model"])
+EVALUATE_JOB_KEYS = ("bootstrap", "resources")
 
 
-def evaluate_settings():
-    """What changes the scores (not the bootstrap, which only the report uses)."""
-    return {
+def evaluate_settings(lang):
+    """What changes one language's scores (not the bootstrap, which only the report uses): the
+    protocol's parts with the configuration's overrides, resolved for that language."""
+    section = {
         key: value
         for key, value in config["evaluate"].items()
-        if key not in ("bootstrap", "resources")
+        if key not in EVALUATE_JOB_KEYS
     }
+    try:
+        return clinsum_protocols.resolve(section, lang)
+    except ClinsumError as error:
+        raise WorkflowError(f"config: {error}")
+
+
+def bertscore_encoder(lang):
+    """The BERTScore encoder's local directory for one language (a protocol may name one per language)."""
+    return model_input(evaluate_settings(lang)["bertscore"]["model"])
+
+
+# Resolved for every language at start: a bad protocol part stops the run before any job.
+BERTSCORE_MODELS = {lang: bertscore_encoder(lang) for lang in LANGS}
+
+
+def bertscore_model_input(wildcards):
+    return BERTSCORE_MODELS[wildcards.lang]
+
+
+JUDGE = config.get("judge", {})
+JUDGE_ON = JUDGE.get("enabled") is True
+JUDGE_GPU_MODEL = gpu_model_resource("judge")
+
+
+def check_judge_gpus():
+    """On GPUs, vLLM's tensor parallelism must use exactly the GPUs the judge job is given."""
+    gpus = JUDGE.get("resources", {}).get("gpu", 1)
+    tp = JUDGE.get("vllm", {}).get("tensor_parallel_size", 1)
+    if JUDGE_ON and JUDGE.get("backend") == "vllm" and gpus > 0 and gpus != tp:
+        raise WorkflowError(
+            f"judge.resources.gpu ({gpus}) must equal judge.vllm.tensor_parallel_size ({tp})"
+        )
+
+
+check_judge_gpus()
+
+
+def judge_model_input(wildcards):
+    return model_input(JUDGE["model"])
+
+
+def judge_settings():
+    """What changes the judge's scores (not how its jobs run)."""
+    return {
+        key: value
+        for key, value in JUDGE.items()
+        if key not in JOB_KEYS + ("enabled", "model")
+    }
+
+
+def judge_targets():
+    """The judge's scores of every model and language, when the judge is on."""
+    if not JUDGE_ON:
+        return []
+    return expand("results/judge/{model}/{lang}.json", model=EVAL_MODELS, lang=LANGS)
+
+
+def report_judge_inputs(wildcards):
+    return {"judge": judge_targets()} if JUDGE_ON else {}
 
 
 def evaluation_targets():

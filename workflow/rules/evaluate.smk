@@ -1,8 +1,17 @@
 rule evaluate:
     input:
         predictions="results/predictions/{model}/{lang}.jsonl",
-        bertscore_model=BERTSCORE_MODEL,
-        code=code("evaluate", "metrics", "io"),
+        corpus="results/corpus/{lang}.jsonl",
+        bertscore_model=bertscore_model_input,
+        code=code(
+            "evaluate",
+            "metrics",
+            "protocols",
+            "faithfulness",
+            "degeneration",
+            "predictions",
+            "io",
+        ),
     output:
         "results/eval/{model}/{lang}.json",
     log:
@@ -15,18 +24,20 @@ rule evaluate:
     resources:
         mem_mb=rule_resources("evaluate", "mem_mb", 4000),
     params:
-        settings=as_json(evaluate_settings()),
+        settings=lambda wildcards: as_json(evaluate_settings(wildcards.lang)),
     shell:
-        "python -m clinsum evaluate --predictions {input.predictions} --model {wildcards.model} --lang {wildcards.lang}"
+        "python -m clinsum evaluate --predictions {input.predictions} --corpus {input.corpus}"
+        " --model {wildcards.model} --lang {wildcards.lang}"
         " --settings {params.settings:q} --bertscore-model {input.bertscore_model:q}"
         " --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule report:
     input:
+        unpack(report_judge_inputs),
         evals=expand("results/eval/{model}/{lang}.json", model=EVAL_MODELS, lang=LANGS),
         models=expand("results/models/{variant}", variant=config["train"]["variants"]),
-        code=code("report", "io"),
+        code=code("report", "predictions", "io"),
     output:
         table_md=report(
             "results/report/table4.md",
@@ -37,6 +48,16 @@ rule report:
             "results/report/table4.csv",
             caption="../report/table4.rst",
             category="Table 4",
+        ),
+        faithfulness_md=report(
+            "results/report/faithfulness.md",
+            caption="../report/faithfulness.rst",
+            category="Clinical faithfulness",
+        ),
+        faithfulness_csv=report(
+            "results/report/faithfulness.csv",
+            caption="../report/faithfulness.rst",
+            category="Clinical faithfulness",
         ),
         bootstrap_md=report(
             "results/report/bootstrap.md",
@@ -84,15 +105,18 @@ rule report:
             for variant, path in zip(config["train"]["variants"], input.models)
         ),
         out_dir=lambda wildcards, output: str(Path(output.index).parent),
+        judge=lambda wildcards, input: (
+            f"--judge {' '.join(input.judge)}" if "judge" in input.keys() else ""
+        ),
     shell:
-        "python -m clinsum report --eval {input.evals} --train-log {params.train_logs}"
+        "python -m clinsum report --eval {input.evals} {params.judge} --train-log {params.train_logs}"
         " --settings {params.settings:q} --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule submission:
     input:
         predictions=expand("results/predictions/{{model}}/{lang}.jsonl", lang=LANGS),
-        code=code("report", "evaluate", "io"),
+        code=code("report", "predictions", "io"),
     output:
         directory("results/submissions/{model}"),
     log:

@@ -1,0 +1,270 @@
+"""Judge: an LLM scores each test summary against its report (MultiClinSum-2 scores with an LLM judge).
+
+For every prediction that has a reference (the documents Table 4 scores), the configured judge model is
+asked, through the same generation backends as the teacher (vLLM or transformers), for a JSON object:
+
+    {"faithfulness": 0-1, "completeness": {"patient": 0-1, "diagnosis": 0-1, "intervention": 0-1,
+     "outcome": 0-1, "follow_up": 0-1}}
+
+faithfulness: every statement of the summary is supported by the report; completeness: how well the
+summary covers each CARE item of the report (CARE: the case-report guideline's patient information,
+diagnosis, intervention, outcome, follow-up). The answer is parsed strictly (`parse_judgement`): one JSON
+object, optionally in one ```json fence, with exactly these keys and numbers in [0, 1]. A malformed answer
+is asked again once, with the reason appended to the prompt (greedy decoding would repeat the same
+answer to the same prompt); a second malformed answer is counted as malformed, never guessed.
+
+Writes `results/judge/{model}/{lang}.json`: per document the scores (judge_faithfulness,
+judge_completeness = mean of the CARE items) or the malformed answer and why, counts and means.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from pathlib import Path
+
+from .chat import build_messages, encode_prompt
+from .io import ClinsumError, write_json
+from .predictions import load_predictions, load_sources
+
+log = logging.getLogger(__name__)
+
+CARE_ITEMS = ("patient", "diagnosis", "intervention", "outcome", "follow_up")
+SCORE_KEYS = ("judge_faithfulness", "judge_completeness")
+_FENCE = re.compile(r"^```(?:json)?[ \t]*\n(.*)\n[ \t]*```$", re.DOTALL)
+ANSWER_KEPT = 1000  # characters of a malformed answer kept in the output, to show what the judge said
+
+
+class MalformedAnswer(ValueError):
+    """A judge answer that is not the JSON object asked for; the message says why."""
+
+
+def _no_duplicates(pairs):
+    keys = [key for key, _ in pairs]
+    duplicated = sorted({key for key in keys if keys.count(key) > 1})
+    if duplicated:
+        raise MalformedAnswer(f"duplicate key(s) {', '.join(duplicated)}")
+    return dict(pairs)
+
+
+def _reject_constant(name):
+    raise MalformedAnswer(f"{name} is not a score")
+
+
+def _score(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise MalformedAnswer(f"{where} must be a number from 0 to 1, got {json.dumps(value)}")
+    if not 0 <= value <= 1:
+        raise MalformedAnswer(f"{where} must be from 0 to 1, got {value}")
+    return float(value)
+
+
+def _exact_keys(obj, expected: tuple[str, ...], where: str) -> None:
+    if not isinstance(obj, dict):
+        raise MalformedAnswer(f"{where} must be a JSON object")
+    missing = [key for key in expected if key not in obj]
+    extra = sorted(set(obj) - set(expected))
+    if missing or extra:
+        problems = [f"missing {', '.join(missing)}"] if missing else []
+        problems += [f"unexpected {', '.join(extra)}"] if extra else []
+        raise MalformedAnswer(f"{where}: {'; '.join(problems)}")
+
+
+def parse_judgement(text: str) -> dict:
+    """{"judge_faithfulness", "judge_completeness", "completeness_items"} from a judge's answer, or
+    MalformedAnswer. Nothing is repaired or guessed: surrounding prose, a second object, a missing or
+    extra key, a string or out-of-range number all make the answer malformed."""
+    body = text.strip()
+    fence = _FENCE.match(body)
+    if fence:
+        body = fence.group(1).strip()
+    if not body:
+        raise MalformedAnswer("empty answer")
+    if not (body.startswith("{") and body.endswith("}")):
+        raise MalformedAnswer("the answer is not one JSON object (text around it or none at all)")
+    try:
+        data = json.loads(body, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+    except json.JSONDecodeError as error:
+        raise MalformedAnswer(f"invalid JSON ({error.msg} at character {error.pos})") from None
+    _exact_keys(data, ("faithfulness", "completeness"), "the answer")
+    _exact_keys(data["completeness"], CARE_ITEMS, "completeness")
+    items = {item: _score(data["completeness"][item], f"completeness.{item}") for item in CARE_ITEMS}
+    return {
+        "judge_faithfulness": _score(data["faithfulness"], "faithfulness"),
+        "judge_completeness": sum(items.values()) / len(items),
+        "completeness_items": items,
+    }
+
+
+# ---------------------------------------------------------------- prompts
+
+
+def check_prompts(prompts: dict) -> None:
+    for key, placeholders in (("system", ()), ("user", ("{report}", "{summary}")), ("retry", ("{error}",))):
+        if not isinstance(prompts.get(key), str) or not prompts[key].strip():
+            raise ClinsumError(f"judge.prompts.{key} is missing or empty")
+        for placeholder in placeholders:
+            if placeholder not in prompts[key]:
+                raise ClinsumError(f"judge.prompts.{key} must contain {placeholder}")
+
+
+def user_turn(prompts: dict, report: str, summary: str, error: str | None = None) -> str:
+    """The user turn; a retry appends the reason the first answer was refused."""
+    # str.replace, not format: reports contain braces
+    text = prompts["user"].replace("{summary}", summary).replace("{report}", report)
+    if error is not None:
+        text += "\n\n" + prompts["retry"].replace("{error}", error)
+    return text
+
+
+def encode(tokenizer, prompts: dict, report: str, summary: str, max_input_tokens: int, error: str | None = None):
+    """(prompt ids, report_cropped): the report is cut at a token boundary when the prompt is too long."""
+    def ids_for(text: str) -> list[int]:
+        return encode_prompt(tokenizer, build_messages(prompts["system"], user_turn(prompts, text, summary, error)))
+
+    ids = ids_for(report)
+    if len(ids) <= max_input_tokens:
+        return ids, False
+    room = max_input_tokens - len(ids_for(""))
+    report_ids = tokenizer(report, add_special_tokens=False)["input_ids"]
+    # a cut can re-tokenize into a few more tokens: shrink until the prompt fits
+    while room > 0:
+        ids = ids_for(tokenizer.decode(report_ids[:room], skip_special_tokens=True))
+        if len(ids) <= max_input_tokens:
+            return ids, True
+        room -= max(1, len(ids) - max_input_tokens)
+    raise ClinsumError(
+        f"judge.max_input_tokens={max_input_tokens} leaves no room for the report beside the prompt and summary"
+    )
+
+
+# ---------------------------------------------------------------- judging
+
+
+def judge_items(generator, tokenizer, items: list[dict], settings: dict) -> list[dict]:
+    """Judge (id, report, summary) items: one pass, then one retry pass for the malformed answers."""
+    prompts = settings["prompts"]
+    results = {item["id"]: {"id": item["id"], "attempts": 0, "input_truncated": False} for item in items}
+    pending = [(item, None) for item in items]
+    for attempt in (1, 2):
+        encoded = [
+            encode(tokenizer, prompts, item["report"], item["summary"], settings["max_input_tokens"], error)
+            for item, error in pending
+        ]
+        completions = generator.generate(
+            [ids for ids, _ in encoded], settings["max_new_tokens"], temperature=settings["temperature"]
+        )
+        retry = []
+        for (item, _), (_, cropped), completion in zip(pending, encoded, completions):
+            result = results[item["id"]]
+            result["attempts"] = attempt
+            result["input_truncated"] = result["input_truncated"] or cropped
+            try:
+                result.update(parse_judgement(completion.text), malformed=False, error=None)
+                result.pop("answer", None)
+            except MalformedAnswer as error:
+                result.update(malformed=True, error=str(error), answer=completion.text[:ANSWER_KEPT])
+                retry.append((item, str(error)))
+        log.info("judge pass %d: %d answers, %d malformed", attempt, len(pending), len(retry))
+        pending = retry
+        if not pending:
+            break
+    return [results[item["id"]] for item in items]
+
+
+def summarize(documents: list[dict]) -> dict:
+    judged = [doc for doc in documents if not doc["malformed"]]
+    means = {key: sum(doc[key] for doc in judged) / len(judged) for key in SCORE_KEYS} if judged else {}
+    if judged:
+        for item in CARE_ITEMS:
+            means[f"completeness_{item}"] = sum(doc["completeness_items"][item] for doc in judged) / len(judged)
+    return {
+        "n": len(documents),
+        "n_judged": len(judged),
+        "n_malformed": len(documents) - len(judged),
+        "n_retried": sum(doc["attempts"] > 1 for doc in documents),
+        "n_input_truncated": sum(doc["input_truncated"] for doc in documents),
+        "means": means,
+    }
+
+
+def required(settings: dict, keys: tuple[str, ...]) -> None:
+    missing = [key for key in keys if key not in settings]
+    if missing:
+        raise ClinsumError(f"judge settings lack {', '.join(missing)} (the config schema sets them)")
+
+
+def judge_file(
+    predictions_path, corpus_path, model_dir, settings: dict, out_path, model: str, lang: str, make_generator=None
+) -> dict:
+    """Judge one model's summaries for one language; `make_generator(settings, model_dir)` is for tests."""
+    required(
+        settings, ("backend", "dtype", "batch_size", "max_input_tokens", "max_new_tokens", "temperature", "prompts")
+    )
+    check_prompts(settings["prompts"])
+    records = [record for record in load_predictions(predictions_path, lang) if record["reference"] is not None]
+    sources = load_sources(corpus_path, [record["id"] for record in records])
+    items = [{"id": r["id"], "report": sources[r["id"]], "summary": r["prediction"]} for r in records]
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    documents = []
+    if items:
+        from .generation import load_generator
+
+        def configured_generator(s, path):
+            return load_generator(
+                s["backend"], str(path), dtype=s["dtype"], batch_size=s["batch_size"], vllm=s.get("vllm")
+            )
+
+        with (make_generator or configured_generator)(settings, model_dir) as generator:
+            documents = judge_items(generator, tokenizer, items, settings)
+    output = {
+        "model": model,
+        "lang": lang,
+        "judge_model": str(model_dir),
+        "predictions": str(predictions_path),
+        **summarize(documents),
+        "documents": documents,
+    }
+    write_json(out_path, output)
+    log.info(
+        "%s/%s: %d judged, %d malformed after a retry (%d retried), means %s",
+        model, lang, output["n_judged"], output["n_malformed"], output["n_retried"], json.dumps(output["means"]),
+    )
+    return output
+
+
+def _run(args) -> None:
+    try:
+        settings = json.loads(args.settings)
+    except json.JSONDecodeError as error:
+        raise ClinsumError(f"--settings: invalid JSON ({error.msg})") from None
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    judge_file(args.predictions, args.corpus, Path(args.model_dir), settings, args.out, args.model, args.lang)
+
+
+def add_cli(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "judge", help="an LLM judge scores faithfulness and CARE-item completeness of one model's summaries"
+    )
+    parser.add_argument("--predictions", required=True, help="results/predictions/{model}/{lang}.jsonl")
+    parser.add_argument("--corpus", required=True, help="results/corpus/{lang}.jsonl (the reports)")
+    parser.add_argument("--model-dir", required=True, help="local directory of the judge model")
+    parser.add_argument("--model", required=True, help="the summarizing model's name (base or a variant)")
+    parser.add_argument("--lang", required=True, help="language of the predictions")
+    parser.add_argument(
+        "--settings",
+        required=True,
+        help='the config\'s judge section as JSON: {"backend", "dtype", "batch_size", "vllm", "max_input_tokens", '
+        '"max_new_tokens", "temperature", "prompts": {"system", "user" (with {report} and {summary}), '
+        '"retry" (with {error})}}',
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--out", required=True, help="results/judge/{model}/{lang}.json")
+    parser.set_defaults(func=_run)

@@ -1,0 +1,32 @@
+# The LLM judge (off by default; config judge.enabled): the judge model scores each scored test summary
+# against its report on faithfulness and CARE-item completeness, through the teacher's generation backends.
+
+
+rule judge:
+    input:
+        predictions="results/predictions/{model}/{lang}.jsonl",
+        corpus="results/corpus/{lang}.jsonl",
+        model=judge_model_input,
+        code=code("judge", "generation", "chat", "predictions", "io"),
+    output:
+        "results/judge/{model}/{lang}.json",
+    log:
+        "results/logs/judge/{model}/{lang}.log",
+    wildcard_constraints:
+        model="|".join(map(re.escape, EVAL_MODELS)),
+    conda:
+        "../../envs/teacher.yaml"
+    threads: rule_resources("judge", "cpus", 2)
+    resources:
+        **JUDGE_GPU_MODEL,
+        gpu=rule_resources("judge", "gpu", 1),
+        mem_mb=rule_resources("judge", "mem_mb", 16000),
+        runtime=rule_resources("judge", "runtime", 240),
+    params:
+        python=stage_python("judge"),
+        # a function: the prompts' {report}, {summary} and {error} are not wildcards
+        settings=lambda wildcards: as_json(judge_settings()),
+    shell:
+        "{params.python:q} -m clinsum judge --predictions {input.predictions} --corpus {input.corpus}"
+        " --model-dir {input.model:q} --model {wildcards.model} --lang {wildcards.lang}"
+        " --settings {params.settings:q} --threads {threads} --out {output} > {log} 2>&1"
