@@ -15,7 +15,7 @@ import sys
 from . import __version__
 from .io import ClinsumError
 
-STAGES = ("models", "ingest", "split", "crop", "teacher", "train", "infer", "evaluate", "report")
+STAGES = ("models", "ingest", "split", "crop", "teacher", "train", "infer", "evaluate", "report", "synthetic")
 
 
 def build_parser() -> argparse.ArgumentParser:
