@@ -139,35 +139,38 @@ class SentenceDeck:
 
 
 def cut_sentence(sentence: str, length: int) -> str | None:
-    """The sentence's first `length` characters, or None where that would end in whitespace."""
+    """The sentence's first `length` characters, or None where it is shorter or the cut ends in whitespace."""
     piece = sentence[:length]
     return piece if len(piece) == length and not piece[-1].isspace() else None
 
 
 def compose(target: int, deck: SentenceDeck, rng: random.Random) -> str:
-    """A text of exactly `target` characters: whole sentences in paragraphs, the last one cut."""
-    pieces: list[tuple[str, str]] = []  # (separator before, sentence)
-    length, failed_cuts = 0, 0
+    """A text of exactly `target` characters: whole sentences in paragraphs, the last one cut.
+
+    A whole sentence is taken only if it ends the text exactly or leaves room for a paragraph break and
+    at least one character, so the remaining room is never only a separator (which ingest would strip).
+    """
+    pieces: list[str] = []
+    length, failed = 0, 0
     while length < target:
         sentence = deck.deal()
         separator = "" if not pieces else "\n\n" if rng.random() < PARAGRAPH_BREAK else " "
-        room = target - length - len(separator)
-        if len(sentence) <= room:
-            pieces.append((separator, sentence))
+        room = target - length - len(separator)  # >= 1: see the docstring
+        left = room - len(sentence)
+        if left == 0 or left > len("\n\n"):
+            pieces += [separator, sentence]
             length += len(separator) + len(sentence)
             continue
-        if room < 1:  # only a separator would fit: give back the last sentence and fill its place
-            dropped_separator, dropped = pieces.pop()
-            length -= len(dropped_separator) + len(dropped)
-            continue
         piece = cut_sentence(sentence, room)
-        if piece is None and failed_cuts < 20:  # this sentence has a space there: try another one
-            failed_cuts += 1
+        if piece is None and failed < 20:  # too short to cut there, or a space at the cut: try another
+            failed += 1
             continue
-        # after many tries (a pool of near-identical sentences) end on a full stop instead of the space
-        pieces.append((separator, piece or sentence[: room - 1] + "."))
+        if piece is None:  # a degenerate pool (e.g. one sentence): repeat the sentence to fill the room
+            piece = " ".join([sentence] * (room // len(sentence) + 2))[:room]
+            piece = piece[:-1] + "." if piece[-1].isspace() else piece
+        pieces += [separator, piece]
         length = target
-    return "".join(separator + sentence for separator, sentence in pieces)
+    return "".join(pieces)
 
 
 # ---------------------------------------------------------------- lengths
@@ -177,6 +180,7 @@ def scale_to_total(draws: np.ndarray, total: int, low: int, high: int) -> np.nda
     """Integers in [low, high], proportional to `draws` (clipped), summing to exactly `total`."""
     if not len(draws):
         return draws.astype(np.int64)
+
     def clipped_sum(log_scale: float) -> float:
         return float(np.clip(draws * np.exp(log_scale), low, high).sum())
 
@@ -353,18 +357,20 @@ def add_cli(subparsers) -> None:
         help="write a MultiClinSum-shaped corpus (paper's Table 1 lengths) from sample sentences",
         description="Write a synthetic corpus in MultiClinSum's layout whose report and summary lengths follow "
         "the paper's Table 1 per language (exact min and max, mean to rounding), built from the sentences of a "
-        "sample corpus. Deterministic: the same arguments give byte-identical files.",
+        "sample corpus. In every set, document 1 has the longest report and summary and document 2 the shortest. "
+        "Writes OUT/synthetic.json with the lengths as written. Deterministic: the same arguments give "
+        "byte-identical files.",
     )
     parser.add_argument("--sentences", required=True,
                         help="MultiClinSum-layout folder whose report and summary sentences are reused (resources/sample)")
     parser.add_argument("--out", required=True,
-                        help="folder to write (new, empty, or an earlier synthetic corpus, which is replaced)")
-    parser.add_argument("--languages", nargs="+", default=list(TABLE1), help="languages to write (of en es fr pt)")
+                        help="folder to write: new, empty, or an earlier synthetic corpus (whose files are replaced)")
+    parser.add_argument("--languages", nargs="+", default=list(TABLE1), help="languages to write, of en es fr pt (default: all four)")
     parser.add_argument("--gold", type=_count, default=592,
-                        help="gold pairs per language, as multiclinsum_gs_train_{lang}/ (592 as in MultiClinSum)")
+                        help="gold pairs per language, as multiclinsum_gs_train_{lang}/ (default: %(default)s, as in MultiClinSum)")
     parser.add_argument("--test", type=_count, default=0,
-                        help="test-layout reports per language, as multiclinsum_test_{lang}/ (no summaries)")
+                        help="test-layout reports per language, as multiclinsum_test_{lang}/ (no summaries; default: %(default)s)")
     parser.add_argument("--large-scale", type=_count, default=0,
-                        help="large-scale pairs per language, as one multiclinsum_ls_train_{lang}.zip each")
-    parser.add_argument("--seed", type=int, default=42, help="seed of lengths and sentence order")
+                        help="large-scale pairs per language, as one multiclinsum_ls_train_{lang}.zip each (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=42, help="seed of lengths and sentence order (default: %(default)s)")
     parser.set_defaults(func=_run)
