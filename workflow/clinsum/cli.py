@@ -15,7 +15,7 @@ import sys
 from . import __version__
 from .io import ClinsumError
 
-STAGES = ("models", "ingest", "split", "crop", "teacher", "train", "infer", "evaluate", "judge", "report", "plan")
+STAGES = ("models", "ingest", "split", "crop", "teacher", "train", "infer", "evaluate", "judge", "report", "plan", "synthetic")
 
 
 def build_parser() -> argparse.ArgumentParser:
