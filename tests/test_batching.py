@@ -7,7 +7,7 @@ import random
 import pytest
 
 from clinsum.batching import collate, length_grouped_batches, padded_tokens
-from clinsum.train import epoch_seed, training_plan
+from clinsum.batching import epoch_seed, training_plan
 
 
 def _lengths(n=1000, seed=0):
@@ -86,7 +86,7 @@ def test_collate_teacher_rows_line_up_with_answer_positions():
 
 
 def test_document_units_stay_together_and_batches_mix_tasks():
-    from clinsum.train import document_units
+    from clinsum.train.data import document_units
 
     rng = random.Random(4)
     langs, ids, lengths, tasks = [], [], [], []

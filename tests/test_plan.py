@@ -6,10 +6,8 @@ import json
 
 import pytest
 
-from clinsum.batching import document_steps, epoch_seed, training_plan
+from clinsum.batching import document_steps, epoch_seed, optimizer_plan, training_plan
 from clinsum.cli import main
-from clinsum.io import ClinsumError
-from clinsum.plan import optimizer_plan
 from conftest import REPO
 
 
@@ -35,7 +33,7 @@ def test_plan_json_and_the_loops_own_steps_agree(capsys, monkeypatch, tmp_path):
         epochs = [len(document_steps([1] * 37, per_step, epoch_seed(42, e))) for e in range(3)]
         assert row["optimizer_steps"] == sum(training_plan(epochs, 3)) == 3 * -(-37 // per_step)
     assert optimizer_plan(10, 4, 1.5, 2, 0.0)["optimizer_steps"] == 3 + 2  # 1.5 epochs of 3 steps
-    with pytest.raises(ClinsumError, match="no training documents"):
+    with pytest.raises(ValueError, match="no training documents"):
         optimizer_plan(0, 1, 3, 250, 0.03)
 
 

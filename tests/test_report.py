@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clinsum import report
+from clinsum import report, trainlog
 from clinsum.io import ClinsumError, read_json, write_json, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,7 +164,7 @@ def write_train_log(path: Path, with_eval=True):
 
 def test_curve_panels_group_the_training_log_columns(tmp_path):
     write_train_log(tmp_path / "train_log.csv")
-    panels = report.curve_panels(report.read_train_log(tmp_path / "train_log.csv"))
+    panels = trainlog.curve_panels(trainlog.read_log(tmp_path / "train_log.csv"))
     assert panels == {"loss": ["loss", "loss_sum", "loss_ext"], "validation score": ["valid_rougeL"], "learning rate": ["lr"]}
 
 
@@ -411,7 +411,7 @@ def test_missing_evaluation_and_bad_train_log(tmp_path):
         report.build_report([tmp_path / "a.json"], {}, ["base", "standard"], ["en"], tmp_path / "out")
     (tmp_path / "log.csv").write_text("epoch,loss\n1,2.0\n")
     with pytest.raises(ClinsumError, match="log.csv: no 'step' column"):
-        report.read_train_log(tmp_path / "log.csv")
+        trainlog.read_log(tmp_path / "log.csv")
 
 
 # ---------------------------------------------------------------- submission

@@ -1,4 +1,7 @@
-"""The training loop: resume after a kill, checkpoint selection, the output directory, distil_kl inputs."""
+"""The training loop: resume after a kill, checkpoint selection, the output directory, distil_kl inputs.
+
+Tests drive the loop through its real inputs; where a test needs validation scores of its choosing or a kill
+at a given step, it replaces `evaluation.validation_scores` or wraps `loop.optimizer_step` (monkeypatch)."""
 
 from __future__ import annotations
 
@@ -14,15 +17,12 @@ torch = pytest.importorskip("torch")
 
 from clinsum.chat import build_messages, encode_example  # noqa: E402
 from clinsum.io import ClinsumError  # noqa: E402
-from clinsum.train import (  # noqa: E402
-    LOG_COLUMNS,
-    TrainSettings,
-    check_tokenizer_compatible,
-    freeze_lower_layers,
-    select_best,
-    tokenized_dataset,
-    train,
-)
+from clinsum.train import TrainSettings  # noqa: E402
+from clinsum.train import evaluation, loop  # noqa: E402
+from clinsum.train.data import check_tokenizer_compatible, tokenized_dataset  # noqa: E402
+from clinsum.train.evaluation import select_best  # noqa: E402
+from clinsum.train.loop import freeze_lower_layers, train  # noqa: E402
+from clinsum.trainlog import LOG_COLUMNS  # noqa: E402
 
 EXTRACT = "Extract the key information from clinical text"
 WORDS = "patient fever cough pain biopsy tumor therapy dose renal cardiac lesion scan normal acute chronic".split()
@@ -54,15 +54,64 @@ def data_dir(tmp_path_factory, tokenizer) -> Path:
     return out
 
 
-def _settings(**overrides) -> TrainSettings:
-    values = dict(lr=1e-3, epochs=2, eval_every=3, seed=7, warmup_ratio=0.1, tokens_per_batch=600,
-                  eval_max_new_tokens=4, eval_batch_size=4)
-    values.update(overrides)
-    return TrainSettings(**values)
+def _settings(variant="distil", per_step=1, **overrides) -> TrainSettings:
+    """A train section as config.yaml would give it, the schema's defaults for the rest."""
+    section = dict(lr=1e-3, epochs=2, eval_every=3, seed=7, warmup_ratio=0.1, tokens_per_batch=600,
+                   eval_max_new_tokens=4, eval_batch_size=4, documents_per_step={variant: per_step})
+    section.update(overrides)
+    return TrainSettings.from_section(section, variant)
 
 
-def _rising_scores(model, step):
-    return {"rouge1": step / 100, "rouge2": step / 200, "rougeL": step / 100}
+REAL_OPTIMIZER_STEP = loop.optimizer_step
+
+
+class Killed(Exception):
+    """A job killed right after an optimizer step: nothing is saved after the last saved state."""
+
+
+class FakeEvaluation:
+    """Stands in for evaluation.validation_scores: the n-th evaluation gives `score(n)` (a number for every
+    ROUGE key, or a dict), rising by default so that the last checkpoint is the best; `on_call(n, model)`
+    runs first."""
+
+    def __init__(self):
+        self.calls = 0
+        self.score = lambda n: n / 100
+        self.on_call = None
+
+    def __call__(self, model, tokenizer, prompts, references, settings, autocast, device):
+        self.calls += 1
+        if self.on_call:
+            self.on_call(self.calls, model)
+        value = self.score(self.calls)
+        return dict(value) if isinstance(value, dict) else {"rouge1": value, "rouge2": value, "rougeL": value}
+
+
+@pytest.fixture
+def scores(monkeypatch) -> FakeEvaluation:
+    fake = FakeEvaluation()
+    monkeypatch.setattr(evaluation, "validation_scores", fake)
+    return fake
+
+
+@pytest.fixture
+def kill(monkeypatch):
+    """`kill(n)`: the next run dies right after its optimizer step n; `kill(None)`: runs are left alone."""
+
+    def arm(steps):
+        if steps is None:
+            monkeypatch.setattr(loop, "optimizer_step", REAL_OPTIMIZER_STEP)
+            return
+
+        def step_then_die(run, epoch, units):
+            row = REAL_OPTIMIZER_STEP(run, epoch, units)
+            if run.progress.step >= steps:
+                raise Killed(f"killed after step {run.progress.step}")
+            return row
+
+        monkeypatch.setattr(loop, "optimizer_step", step_then_die)
+
+    return arm
 
 
 def _weights(model_dir: Path) -> dict:
@@ -72,8 +121,8 @@ def _weights(model_dir: Path) -> dict:
 
 
 def _run(data_dir, model_dir, out, ckpt, variant="distil", settings=None, **kwargs):
-    return train(data_dir / "train.jsonl", data_dir / "valid.jsonl", model_dir, variant, settings or _settings(),
-                 out, ckpt, threads=1, **kwargs)
+    settings = settings or _settings(variant)
+    return train(data_dir / "train.jsonl", data_dir / "valid.jsonl", model_dir, settings, out, ckpt, threads=1, **kwargs)
 
 
 def _log(path: Path) -> list[dict]:
@@ -86,20 +135,22 @@ def test_select_best_keeps_the_earlier_of_ties():
     assert select_best([(1, 0.0)]) == (1, 0.0)
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tmp_path, data_dir, tiny_student_dir):
-    full = _run(data_dir, tiny_student_dir, tmp_path / "a", tmp_path / "ckpt_a", score_fn=_rising_scores)
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, data_dir, tiny_student_dir, scores, kill):
+    full = _run(data_dir, tiny_student_dir, tmp_path / "a", tmp_path / "ckpt_a")
     assert full["total_steps"] >= 8 and full["resumed_from"] == 0
     assert full["best_step"] == full["total_steps"]  # rising scores: the last checkpoint is the best
 
-    stopped = _run(data_dir, tiny_student_dir, tmp_path / "b", tmp_path / "ckpt_b", score_fn=_rising_scores, stop_after_steps=5)
-    assert stopped["stopped_at"] == 5
+    kill(5)
+    with pytest.raises(Killed, match="after step 5"):
+        _run(data_dir, tiny_student_dir, tmp_path / "b", tmp_path / "ckpt_b")
+    kill(None)
     progress = json.loads((tmp_path / "ckpt_b" / "state" / "progress.json").read_text())
     assert progress["step"] == 3, "the last state saved before the kill is the evaluation at step 3"
     optimizer = torch.load(tmp_path / "ckpt_b" / "state" / "trainer.pt", weights_only=False)["optimizer"]
     assert all(int(s["step"]) == 3 for s in optimizer["state"].values())
     assert not (tmp_path / "b").exists()
 
-    resumed = _run(data_dir, tiny_student_dir, tmp_path / "b", tmp_path / "ckpt_b", score_fn=_rising_scores)
+    resumed = _run(data_dir, tiny_student_dir, tmp_path / "b", tmp_path / "ckpt_b")
     assert resumed["resumed_from"] == 3
     assert resumed["total_steps"] == full["total_steps"]
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
@@ -114,16 +165,12 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, data_dir, tiny_st
     assert not (tmp_path / "ckpt_b").exists(), "the resume state is removed after success"
 
 
-def test_selection_publishes_the_best_checkpoint(tmp_path, data_dir, tiny_student_dir):
-    scores = iter([0.2, 0.5, 0.5] + [0.1] * 50)
+def test_selection_publishes_the_best_checkpoint(tmp_path, data_dir, tiny_student_dir, scores):
     snapshots = {}
-
-    def score_fn(model, step):
-        snapshots[step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        value = next(scores)
-        return {"rouge1": value, "rouge2": value, "rougeL": value}
-
-    summary = _run(data_dir, tiny_student_dir, tmp_path / "out", tmp_path / "ckpt", score_fn=score_fn)
+    scores.score = lambda n: ([0.2, 0.5, 0.5] + [0.1] * 50)[n - 1]
+    # evaluations at steps 3, 6, 9, ...: the n-th is step 3n
+    scores.on_call = lambda n, model: snapshots.update({3 * n: {k: v.detach().clone() for k, v in model.state_dict().items()}})
+    summary = _run(data_dir, tiny_student_dir, tmp_path / "out", tmp_path / "ckpt")
     assert summary["best_step"] == 6 and summary["best_score"] == 0.5  # the second evaluation; a tie keeps it
     published = _weights(tmp_path / "out")
     for name, value in published.items():
@@ -136,10 +183,9 @@ def test_selection_publishes_the_best_checkpoint(tmp_path, data_dir, tiny_studen
     assert evaluated == sorted(set(range(3, total + 1, 3)) | {total})
 
 
-def test_trainable_layers_train_only_the_top_layers(tmp_path, data_dir, tiny_student_dir):
+def test_trainable_layers_train_only_the_top_layers(tmp_path, data_dir, tiny_student_dir, scores):
     before = _weights(tiny_student_dir)
-    _run(data_dir, tiny_student_dir, tmp_path / "out", tmp_path / "ckpt", settings=_settings(trainable_layers=1),
-         score_fn=_rising_scores)
+    _run(data_dir, tiny_student_dir, tmp_path / "out", tmp_path / "ckpt", settings=_settings(trainable_layers=1))
     after = _weights(tmp_path / "out")
     assert before.keys() == after.keys()
     top = "model.layers.1."  # the tiny student has 2 layers
@@ -158,24 +204,25 @@ def test_trainable_layers_out_of_range_names_the_limit(tiny_student_dir):
     assert all(p.requires_grad for p in model.parameters())
 
 
-def test_sigterm_saves_state_then_resumes(tmp_path, data_dir, tiny_student_dir):
-    def score_fn(model, step):
-        if step == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return _rising_scores(model, step)
-
+def test_sigterm_saves_state_then_resumes(tmp_path, data_dir, tiny_student_dir, scores):
+    # SIGTERM arrives during the first evaluation (step 3): the loop saves the state at the end of the step
+    scores.on_call = lambda n, model: os.kill(os.getpid(), signal.SIGTERM) if n == 1 else None
     with pytest.raises(ClinsumError, match="rerun to resume"):
-        _run(data_dir, tiny_student_dir, tmp_path / "out", tmp_path / "ckpt", score_fn=score_fn, handle_signals=True)
+        _run(data_dir, tiny_student_dir, tmp_path / "out", tmp_path / "ckpt")
+    scores.on_call = None
     assert json.loads((tmp_path / "ckpt" / "state" / "progress.json").read_text())["step"] == 3
     assert signal.getsignal(signal.SIGTERM) is not None
-    summary = _run(data_dir, tiny_student_dir, tmp_path / "out", tmp_path / "ckpt", score_fn=_rising_scores)
+    summary = _run(data_dir, tiny_student_dir, tmp_path / "out", tmp_path / "ckpt")
     assert summary["resumed_from"] == 3
 
 
-def test_changed_settings_start_over(tmp_path, data_dir, tiny_student_dir):
-    _run(data_dir, tiny_student_dir, tmp_path / "out", tmp_path / "ckpt", score_fn=_rising_scores, stop_after_steps=4)
-    summary = _run(data_dir, tiny_student_dir, tmp_path / "out", tmp_path / "ckpt", settings=_settings(lr=5e-4),
-                   score_fn=_rising_scores)
+def test_changed_settings_start_over(tmp_path, data_dir, tiny_student_dir, scores, kill):
+    kill(4)
+    with pytest.raises(Killed):
+        _run(data_dir, tiny_student_dir, tmp_path / "out", tmp_path / "ckpt")
+    kill(None)
+    assert (tmp_path / "ckpt" / "state" / "progress.json").exists()
+    summary = _run(data_dir, tiny_student_dir, tmp_path / "out", tmp_path / "ckpt", settings=_settings(lr=5e-4))
     assert summary["resumed_from"] == 0
 
 
@@ -204,7 +251,7 @@ def test_cli_end_to_end_with_generated_text_selection(tmp_path, data_dir, tiny_s
                 "resources": {"gpu": 0}}
     out, ckpt = tmp_path / "models" / "distil", tmp_path / "checkpoints" / "distil"
     code = main(["train", "--train", str(data_dir / "train.jsonl"), "--valid", str(data_dir / "valid.jsonl"),
-                 "--model", str(tiny_student_dir), "--variant", "distil", "--settings", json.dumps(settings),
+                 "--model", str(tiny_student_dir), "--variant", "distil", "--settings", json.dumps({"train": settings}),
                  "--out", str(out), "--checkpoint-dir", str(ckpt), "--threads", "1"])
     assert code == 0
     assert {"model.safetensors", "config.json", "tokenizer.json", "train_log.csv", "train_curve.png"} <= {p.name for p in out.iterdir()}
@@ -219,7 +266,7 @@ def test_cli_end_to_end_with_generated_text_selection(tmp_path, data_dir, tiny_s
     assert tokenizer.eos_token == "<|im_end|>"
 
 
-def test_distil_kl_trains_with_teacher_topk(tmp_path, data_dir, tiny_student_dir, tiny_dir, tokenizer):
+def test_distil_kl_trains_with_teacher_topk(tmp_path, data_dir, tiny_student_dir, tiny_dir, tokenizer, scores):
     np = pytest.importorskip("numpy")
     from safetensors.numpy import save_file
 
@@ -237,7 +284,7 @@ def test_distil_kl_trains_with_teacher_topk(tmp_path, data_dir, tiny_student_dir
     topk = tmp_path / "en.topk.safetensors"
     save_file(tensors, str(topk))
     summary = _run(data_dir, tiny_student_dir, tmp_path / "out", tmp_path / "ckpt", variant="distil_kl",
-                   score_fn=_rising_scores, teacher_topk=[str(topk)], teacher_model=tiny_dir, answer_budget=512)
+                   teacher_topk=[str(topk)], teacher_model=tiny_dir, answer_budget=512)
     rows = _log(tmp_path / "out" / "train_log.csv")
     assert len(rows) == summary["total_steps"]
     assert any(r["loss_kl"] != "" and float(r["loss_kl"]) > 0 for r in rows)
@@ -246,7 +293,7 @@ def test_distil_kl_trains_with_teacher_topk(tmp_path, data_dir, tiny_student_dir
     save_file(tensors, str(topk))
     with pytest.raises(ClinsumError, match="d3"):
         _run(data_dir, tiny_student_dir, tmp_path / "out2", tmp_path / "ckpt2", variant="distil_kl",
-             score_fn=_rising_scores, teacher_topk=[str(topk)], teacher_model=tiny_dir, answer_budget=512)
+             teacher_topk=[str(topk)], teacher_model=tiny_dir, answer_budget=512)
 
 
 def test_tokenizer_mismatch_names_both_models(tiny_student_dir, tiny_dir):
@@ -266,28 +313,28 @@ def test_bad_record_names_file_and_record(tmp_path, data_dir, tiny_student_dir):
     bad = tmp_path / "train.jsonl"
     bad.write_text(json.dumps({"id": "x", "lang": "en", "task": "summarize"}) + "\n")
     with pytest.raises(ClinsumError, match=r"train\.jsonl: record 1 lacks \['messages'\]"):
-        train(bad, data_dir / "valid.jsonl", tiny_student_dir, "standard", _settings(), tmp_path / "o", tmp_path / "c")
+        train(bad, data_dir / "valid.jsonl", tiny_student_dir, _settings("standard"), tmp_path / "o", tmp_path / "c")
     untokenizable = tmp_path / "newlines.jsonl"
     messages = build_messages("Summarize clinical text", "report", "\n\n\nanswer")  # merges with the header's newline
     untokenizable.write_text(json.dumps({"id": "nl", "lang": "en", "task": "summarize", "messages": messages}) + "\n")
     with pytest.raises(ClinsumError, match=r"newlines\.jsonl: document nl \(summarize\)"):
-        train(untokenizable, data_dir / "valid.jsonl", tiny_student_dir, "standard", _settings(), tmp_path / "o", tmp_path / "c")
+        train(untokenizable, data_dir / "valid.jsonl", tiny_student_dir, _settings("standard"), tmp_path / "o", tmp_path / "c")
     missing = tmp_path / "kl.jsonl"
     records = [json.loads(line) for line in (data_dir / "train.jsonl").read_text().splitlines()]
     records[1].pop("teacher_token_ids")
     missing.write_text("".join(json.dumps(r) + "\n" for r in records))
     with pytest.raises(ClinsumError, match="teacher_token_ids"):
-        train(missing, data_dir / "valid.jsonl", tiny_student_dir, "distil_kl", _settings(), tmp_path / "o", tmp_path / "c",
+        train(missing, data_dir / "valid.jsonl", tiny_student_dir, _settings("distil_kl"), tmp_path / "o", tmp_path / "c",
               teacher_topk=[str(tmp_path / "en.topk.safetensors")], teacher_model=tiny_student_dir)
 
 
-def test_documents_per_step_and_token_budget_only_changes_speed(tmp_path, data_dir, tiny_student_dir):
+def test_documents_per_step_and_token_budget_only_changes_speed(tmp_path, data_dir, tiny_student_dir, scores):
     """documents_per_step sets the optimizer steps; the token budget only splits a step into micro-batches,
     and the trained weights and logged losses are the same for any budget."""
-    whole = _run(data_dir, tiny_student_dir, tmp_path / "a", tmp_path / "ca", score_fn=_rising_scores,
-                 settings=_settings(documents_per_step=3, tokens_per_batch=100_000))
-    split = _run(data_dir, tiny_student_dir, tmp_path / "b", tmp_path / "cb", score_fn=_rising_scores,
-                 settings=_settings(documents_per_step=3, tokens_per_batch=64))
+    whole = _run(data_dir, tiny_student_dir, tmp_path / "a", tmp_path / "ca",
+                 settings=_settings(per_step=3, tokens_per_batch=100_000))
+    split = _run(data_dir, tiny_student_dir, tmp_path / "b", tmp_path / "cb",
+                 settings=_settings(per_step=3, tokens_per_batch=64))
     assert whole["total_steps"] == split["total_steps"] == 2 * 4  # 12 documents, 3 a step, 2 epochs
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     for name in a:
@@ -295,21 +342,16 @@ def test_documents_per_step_and_token_budget_only_changes_speed(tmp_path, data_d
     for ra, rb in zip(_log(tmp_path / "a" / "train_log.csv"), _log(tmp_path / "b" / "train_log.csv")):
         for key in ("loss", "loss_sum", "loss_ext"):
             assert float(ra[key]) == pytest.approx(float(rb[key]), abs=1e-5)
-    one = _run(data_dir, tiny_student_dir, tmp_path / "c", tmp_path / "cc", score_fn=_rising_scores,
-               settings=_settings(documents_per_step=1))
+    one = _run(data_dir, tiny_student_dir, tmp_path / "c", tmp_path / "cc", settings=_settings(per_step=1))
     assert one["total_steps"] == 24
 
 
-def test_selection_metric_mean_of_rouge_1_2_l(tmp_path, data_dir, tiny_student_dir):
+def test_selection_metric_mean_of_rouge_1_2_l(tmp_path, data_dir, tiny_student_dir, scores):
     """The paper's code selects on mean(ROUGE-1, ROUGE-2, ROUGE-L): a checkpoint best on ROUGE-L alone loses."""
-    scores = iter([(0.5, 0.1, 0.3), (0.2, 0.05, 0.35), (0.1, 0.0, 0.1)] + [(0.0, 0.0, 0.0)] * 50)
-
-    def score_fn(model, step):
-        r1, r2, rl = next(scores)
-        return {"rouge1": r1, "rouge2": r2, "rougeL": rl}
-
-    settings = _settings(documents_per_step=4, select_metric="rouge_mean")
-    summary = _run(data_dir, tiny_student_dir, tmp_path / "out", tmp_path / "ckpt", score_fn=score_fn, settings=settings)
+    given = [(0.5, 0.1, 0.3), (0.2, 0.05, 0.35), (0.1, 0.0, 0.1)] + [(0.0, 0.0, 0.0)] * 50
+    scores.score = lambda n: dict(zip(("rouge1", "rouge2", "rougeL"), given[n - 1]))
+    settings = _settings(per_step=4, selection={"metric": "rouge_mean"})
+    summary = _run(data_dir, tiny_student_dir, tmp_path / "out", tmp_path / "ckpt", settings=settings)
     assert summary["selection_metric"] == "rouge_mean"
     assert summary["best_step"] == 3 and summary["best_score"] == pytest.approx(0.3)
     rows = [r for r in _log(tmp_path / "out" / "train_log.csv") if r["valid_selection"]]
@@ -320,11 +362,14 @@ def test_settings_from_the_config_section():
     section = {"variants": ["standard", "distil"], "documents_per_step": {"standard": 2, "distil": 1},
                "selection": {"metric": "rouge_mean", "use_stemmer": True}, "kl": {"beta": 0.3, "temperature": 2.0},
                "resources": {"gpu": 1}}
-    standard = TrainSettings.from_dict(section, "standard")
+    standard = TrainSettings.from_section(section, "standard")
     assert standard.documents_per_step == 2 and standard.select_metric == "rouge_mean" and standard.select_stemmer
     assert (standard.kl_beta, standard.kl_temperature) == (0.3, 2.0)
-    assert TrainSettings.from_dict(section, "distil").documents_per_step == 1
-    with pytest.raises(ClinsumError, match="distil_kl"):
-        TrainSettings.from_dict(section, "distil_kl")
-    with pytest.raises(ClinsumError, match="unknown keys"):
-        TrainSettings.from_dict({"nonsense": 1}, "standard")
+    assert TrainSettings.from_section(section, "distil").documents_per_step == 1
+    # what the section leaves out comes from the schema: distil_kl's documents per step, gamma, lr
+    kl = TrainSettings.from_section(section, "distil_kl")
+    assert (kl.documents_per_step, kl.gamma, kl.lr, kl.eval_every) == (1, 0.8, 1.0e-5, 250)
+    with pytest.raises(ClinsumError, match="nonsense"):
+        TrainSettings.from_section({"nonsense": 1}, "standard")
+    with pytest.raises(ClinsumError, match="variant must be one of"):
+        TrainSettings.from_section({}, "other")

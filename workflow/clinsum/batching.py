@@ -130,6 +130,22 @@ def training_plan(steps_in_epochs: list[int], epochs: float) -> list[int]:
     return plan
 
 
+def optimizer_plan(documents: int, documents_per_step: int, epochs: float, eval_every: int, warmup_ratio: float) -> dict:
+    """Steps, evaluations and warm-up of one variant over `documents` training documents."""
+    if documents < 1:
+        raise ValueError("no training documents to plan for")
+    per_epoch = steps_per_epoch(documents, documents_per_step)
+    steps = sum(training_plan([per_epoch] * math.ceil(epochs), epochs))
+    return {
+        "documents": documents,
+        "documents_per_step": documents_per_step,
+        "steps_per_epoch": per_epoch,
+        "optimizer_steps": steps,
+        "evaluations": steps // eval_every + (1 if steps % eval_every else 0),
+        "warmup_steps": math.ceil(warmup_ratio * steps),
+    }
+
+
 def collate(examples: list[dict], pad_id: int) -> dict:
     """Tensors of one batch from tokenized examples.
 

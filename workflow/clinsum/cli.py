@@ -1,8 +1,9 @@
-"""`clinsum <stage> ...`: the command line the Snakemake rules call, one subcommand per stage.
+"""`clinsum <command> ...`: the command line the Snakemake rules call, one command per stage (and tools).
 
-Each stage module exposes `add_cli(subparsers)`, which adds its subcommand and sets `func`.
-Heavy libraries (torch, transformers, vllm) are imported inside the stage functions, so
-`clinsum --help` stays fast.
+Each module named in COMMANDS exposes `add_cli(subparsers)`, which adds its command(s) and sets `func`.
+A command imports only its own module (a job runs the code its rule declares as input, nothing else);
+`clinsum --help` lists them all. Heavy libraries (torch, transformers, vllm) are imported inside the stage
+functions, so `--help` stays fast.
 """
 
 from __future__ import annotations
@@ -15,30 +16,43 @@ import sys
 from . import __version__
 from .io import ClinsumError
 
-STAGES = ("models", "ingest", "split", "crop", "teacher", "train", "infer", "evaluate", "judge", "report", "plan", "synthetic")
+# command -> the module that provides it
+COMMANDS = {
+    "synthetic": "synthetic",
+    "ingest": "ingest",
+    "split": "split",
+    "models": "models",
+    "teacher": "teacher",
+    "crop": "crop",
+    "train": "train",
+    "infer": "infer",
+    "evaluate": "evaluate",
+    "judge": "judge",
+    "report": "report",
+    "submission": "report",
+    "plan": "plan",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of one command (its module alone is imported), or of every command."""
     parser = argparse.ArgumentParser(
         prog="clinsum",
-        description="Stages of the clinsum workflow (normally run by Snakemake; see README.md).",
+        description="Stages of the clinsum workflow (normally run by Snakemake; see README.md), and `plan`.",
     )
     parser.add_argument("--version", action="version", version=f"clinsum {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
-    for stage in STAGES:
-        try:
-            module = importlib.import_module(f"clinsum.{stage}")
-        except ModuleNotFoundError as error:
-            if error.name != f"clinsum.{stage}":
-                raise
-            continue  # a stage not built yet
-        module.add_cli(subparsers)
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    modules = [COMMANDS[command]] if command in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
+    for module in modules:
+        importlib.import_module(f"clinsum.{module}").add_cli(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

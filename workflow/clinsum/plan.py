@@ -8,39 +8,22 @@ when they exist (`results/`); `--documents` gives the training document count wi
 
     clinsum plan --configfile config/paper.yaml --documents 1892
 
-The train rule logs the same numbers at its start (`optimizer_plan` is the one computation of both).
+The train rule logs the same numbers at its start (`batching.optimizer_plan` is the one computation of both).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 
-from .batching import steps_per_epoch, training_plan
+from .batching import optimizer_plan
 from .io import ClinsumError, read_json, read_jsonl
+from .settings import parse_config
 
 log = logging.getLogger(__name__)
 
-SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 SEQUENCES = {"standard": 1, "distil": 2, "distil_kl": 2}  # a document's sequences per variant
-
-
-def optimizer_plan(documents: int, documents_per_step: int, epochs: float, eval_every: int, warmup_ratio: float) -> dict:
-    """Steps, evaluations and warm-up of one variant over `documents` training documents."""
-    if documents < 1:
-        raise ClinsumError("no training documents to plan for")
-    per_epoch = steps_per_epoch(documents, documents_per_step)
-    steps = sum(training_plan([per_epoch] * math.ceil(epochs), epochs))
-    return {
-        "documents": documents,
-        "documents_per_step": documents_per_step,
-        "steps_per_epoch": per_epoch,
-        "optimizer_steps": steps,
-        "evaluations": steps // eval_every + (1 if steps % eval_every else 0),
-        "warmup_steps": math.ceil(warmup_ratio * steps),
-    }
 
 
 def merge(base: dict, update: dict) -> dict:
@@ -55,7 +38,6 @@ def merge(base: dict, update: dict) -> dict:
 def load_config(configfiles: list[str | Path], base: str | Path | None) -> dict:
     """The configuration a Snakemake run with these files would see, validated, defaults filled in."""
     import yaml
-    from snakemake.utils import validate
 
     config: dict = {}
     for path in ([base] if base else []) + list(configfiles):
@@ -64,11 +46,7 @@ def load_config(configfiles: list[str | Path], base: str | Path | None) -> dict:
                 config = merge(config, yaml.safe_load(handle) or {})
         except OSError as error:
             raise ClinsumError(f"{path}: cannot read the configuration ({error.strerror})") from None
-    try:
-        validate(config, str(SCHEMA))
-    except Exception as error:  # snakemake raises WorkflowError with the schema's message
-        raise ClinsumError(f"the configuration is not valid: {error}") from None
-    return config
+    return parse_config(config, "the configuration (not valid)")
 
 
 def train_documents(split_dir: Path, languages: list[str]) -> int | None:

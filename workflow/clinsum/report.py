@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .io import ClinsumError, atomic_path, read_json, write_json
 from .predictions import load_predictions
+from .trainlog import plot_curves, read_log
 
 log = logging.getLogger(__name__)
 
@@ -499,58 +500,6 @@ def plot_bars(rows: list[dict], lang: str, path: Path) -> None:
     plt.close(fig)
 
 
-def read_train_log(path: Path):
-    import pandas as pd
-
-    try:
-        frame = pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise ClinsumError(f"{path}: cannot read the training log ({error})") from None
-    step = next((c for c in ("step", "global_step") if c in frame.columns), None)
-    if step is None:
-        raise ClinsumError(f"{path}: no 'step' column in the training log (columns: {', '.join(frame.columns)})")
-    return frame.rename(columns={step: "step"})
-
-
-def curve_panels(frame) -> dict[str, list[str]]:
-    """Which numeric columns go in which panel: losses, validation metrics, learning rate."""
-    # An all-empty column (loss_kl of a variant without KL) has nothing to draw.
-    numeric = [c for c in frame.columns if c != "step" and frame[c].dtype.kind in "fiu" and frame[c].notna().any()]
-    panels = {
-        "loss": [c for c in numeric if "loss" in c.lower()],
-        "validation score": [c for c in numeric if any(k in c.lower() for k in ("rouge", "bertscore", "score"))],
-        "learning rate": [c for c in numeric if c.lower() in ("lr", "learning_rate")],
-    }
-    return {name: columns for name, columns in panels.items() if columns}
-
-
-def plot_training_curves(logs: dict[str, Path], path: Path) -> None:
-    plt = _pyplot()
-    frames = {variant: read_train_log(log_path) for variant, log_path in logs.items()}
-    names = list(dict.fromkeys(name for frame in frames.values() for name in curve_panels(frame)))
-    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(5 * max(1, len(names)), 3.8), squeeze=False)
-    if not names:
-        axes[0][0].text(0.5, 0.5, "no trained variant" if not frames else "no numeric columns in the training logs",
-                        ha="center", va="center")
-        axes[0][0].set_axis_off()
-    styles = ["-", "--", ":", "-."]
-    for ax, name in zip(axes[0], names):
-        # One colour per variant, one line style per column, so variants stay comparable across panels.
-        for colour, (variant, frame) in enumerate(frames.items()):
-            for number, column in enumerate(curve_panels(frame).get(name, [])):
-                series = frame[["step", column]].dropna()  # train and eval rows log different columns
-                ax.plot(series["step"], series[column], color=f"C{colour % 10}", linestyle=styles[number % 4],
-                        marker="." if len(series) < 30 else None, label=f"{variant}: {column}")
-        ax.set_title(name)
-        ax.set_xlabel("optimizer step")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="x-small")
-    fig.tight_layout()
-    with atomic_path(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=100)
-    plt.close(fig)
-
-
 # ---------------------------------------------------------------- HTML
 
 CSS = """
@@ -740,7 +689,7 @@ def build_report(
     for lang, path in bar_paths.items():
         plot_bars(rows, lang, path)
     curves_path = out_dir / "training_curves.png"
-    plot_training_curves(train_logs, curves_path)
+    plot_curves({variant: read_log(path) for variant, path in train_logs.items()}, curves_path)
 
     with atomic_path(out_dir / "index.html") as handle:
         handle.write(index_html(page, samples, seed, bar_paths, curves_path))

@@ -86,13 +86,15 @@ def gpu_model_resource(section):
     return {"gpu_model": model} if model else {}
 
 
-SYNTHETIC = config["corpus"].get("synthetic")
+SYNTHETIC = config.get("corpus", {}).get("synthetic")
 
 
 def check_synthetic_is_a_source():
     """A generated corpus is read like any other: its path must be one of the sources."""
+    if not SYNTHETIC:
+        return
     paths = [source["path"] for source in config["corpus"]["sources"]]
-    if SYNTHETIC and SYNTHETIC["path"] not in paths:
+    if SYNTHETIC["path"] not in paths:
         raise WorkflowError(
             f"config corpus.synthetic.path {SYNTHETIC['path']} is not one of corpus.sources ({', '.join(paths)})"
         )
@@ -220,17 +222,19 @@ TRAIN_GPU_MODEL = gpu_model_resource("train")
 
 
 def train_settings(variant):
-    """What changes a variant's model: standard ignores gamma and kl, distil ignores kl, and each takes its
+    """What changes a variant's model: standard ignores gamma and kl, distil ignores kl, and each reads its
     own documents_per_step, so changing them reruns only the variants that use them (Snakemake's params
     rerun trigger)."""
     unused = {"standard": ("gamma", "kl"), "distil": ("kl",), "distil_kl": ()}[variant]
-    settings = {
+    section = {
         key: value
         for key, value in config["train"].items()
-        if key not in ("variants", "resources", *unused)
+        if key not in ("variants", "resources", "documents_per_step", *unused)
     }
-    settings["documents_per_step"] = config["train"]["documents_per_step"][variant]
-    return settings
+    section["documents_per_step"] = {
+        variant: config["train"]["documents_per_step"][variant]
+    }
+    return {"train": section}
 
 
 def train_inputs(wildcards):

@@ -1,0 +1,67 @@
+"""The training settings: the config's `train` section for one variant, as read-only attributes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..io import ClinsumError
+from ..settings import parse_settings
+
+VARIANTS = ("standard", "distil", "distil_kl")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What one variant trains with; built from the validated `train` section (the schema's defaults)."""
+
+    variant: str
+    gamma: float
+    lr: float
+    epochs: float
+    eval_every: int
+    seed: int
+    warmup_ratio: float
+    weight_decay: float
+    documents_per_step: int
+    tokens_per_batch: int
+    gradient_checkpointing: bool
+    trainable_layers: int | None
+    dtype: str
+    eval_max_new_tokens: int
+    eval_batch_size: int
+    eval_repetition_penalty: float
+    max_grad_norm: float
+    kl_beta: float
+    kl_temperature: float
+    select_metric: str
+    select_stemmer: bool
+
+    @classmethod
+    def from_section(cls, section: dict, variant: str, source: str = "--settings") -> "TrainSettings":
+        """From the config's train section (defaults filled in by the schema); `documents_per_step` is the
+        per-variant mapping, of which the variant takes its own value."""
+        if variant not in VARIANTS:
+            raise ClinsumError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        train = parse_settings({"train": section}, source)["train"]
+        return cls(
+            variant=variant,
+            **{key: train[key] for key in cls._plain_keys()},
+            documents_per_step=train["documents_per_step"][variant],
+            kl_beta=train["kl"]["beta"],
+            kl_temperature=train["kl"]["temperature"],
+            select_metric=train["selection"]["metric"],
+            select_stemmer=train["selection"]["use_stemmer"],
+        )
+
+    @classmethod
+    def _plain_keys(cls) -> list[str]:
+        nested = {"variant", "documents_per_step", "kl_beta", "kl_temperature", "select_metric", "select_stemmer"}
+        return [name for name in cls.__dataclass_fields__ if name not in nested]
+
+    def loss_weights(self) -> tuple[float, float]:
+        """(γ, β): standard trains the summary loss alone (γ = 1); β, the KL term's weight, only for distil_kl."""
+        if self.variant == "standard":
+            return 1.0, 0.0
+        if self.variant == "distil":
+            return self.gamma, 0.0
+        return self.gamma, self.kl_beta
