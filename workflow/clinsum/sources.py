@@ -1,0 +1,362 @@
+"""Corpus sources on disk, shared by the ingest stage and the workflow's start-up checks.
+
+- Walking a folder: symbolic links are followed, a folder reached twice (a link loop, or two links to
+  one folder) is read once and recorded; macOS metadata (`__MACOSX/`, `._*`, `.DS_Store`) is passed
+  over before anything else looks at it, and counted.
+- Zips, nested zips included, are read through `Archives`, which keeps recently used archives open:
+  reading a zip's documents one after another parses its central directory once per pass, not once
+  per member.
+- Layouts as data: a layout is a list of file-name regular expressions with named groups `set`, `lang`,
+  `n` and `kind`, plus folder patterns whose `lang` group gives the language of the files inside.
+- A content fingerprint of the sources, for Snakemake's `params` rerun trigger: touching a file changes
+  nothing, editing, adding or removing a document does. Content hashes are cached per folder, keyed by
+  the names, sizes and modification times of its files, so an unchanged corpus is only stat-ed.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from .io import ClinsumError, atomic_path
+
+SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+LAYOUT_GROUPS = {"set", "lang", "n", "kind"}
+ID_FIELDS = {"set": "gs", "lang": "en", "n": 1, "stem": "x"}
+# zip members that cannot be read, for whatever reason the zip library gives
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError, RuntimeError)
+
+
+def is_macos_metadata(name: str) -> bool:
+    """Finder's `.DS_Store`, AppleDouble `._*` files and the `__MACOSX` folder of macOS zips."""
+    return name in (".DS_Store", "__MACOSX") or name.startswith("._")
+
+
+def in_macos_metadata(relative: str) -> bool:
+    return any(is_macos_metadata(part) for part in relative.split("/"))
+
+
+def is_zip_name(name: str) -> bool:
+    return name.lower().endswith(".zip")
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a file lives: a path on disk, or a member inside a chain of (possibly nested) zips."""
+
+    path: str
+    members: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return "!".join([self.path, *self.members])
+
+
+@dataclass
+class WalkNotes:
+    """What a walk passed over on purpose, so that nothing is dropped without a trace."""
+
+    macos_metadata: int = 0
+    folders_reached_twice: list[str] = field(default_factory=list)
+
+
+def walk_folder(root: str | Path, notes: WalkNotes) -> Iterator[tuple[str, os.DirEntry]]:
+    """(path relative to `root` with `/` separators, entry) of every file under `root`, in name order.
+
+    Links are followed; a folder reached a second time is recorded in `notes` and not read again.
+    An entry whose type cannot be determined (a broken link) is yielded as a file: reading it fails
+    later with a message that names it.
+    """
+    seen: set[tuple[int, int]] = set()
+
+    def visit(directory: str, prefix: str) -> Iterator[tuple[str, os.DirEntry]]:
+        info = os.stat(directory)
+        if (info.st_dev, info.st_ino) in seen:
+            notes.folders_reached_twice.append(directory)
+            return
+        seen.add((info.st_dev, info.st_ino))
+        with os.scandir(directory) as entries:
+            ordered = sorted(entries, key=lambda entry: entry.name)
+        for entry in ordered:
+            if is_macos_metadata(entry.name):
+                notes.macos_metadata += 1
+                continue
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                yield from visit(entry.path, f"{prefix}{entry.name}/")
+            else:
+                yield f"{prefix}{entry.name}", entry
+
+    yield from visit(str(root), "")
+
+
+class Archives:
+    """Zips open for one pass over a corpus; use as a context manager.
+
+    The `keep_open` most recently used archives stay open, so a pass that reads a zip's members one
+    after another opens it once. A nested zip is copied to a temporary file, never held in memory.
+    """
+
+    def __init__(self, keep_open: int = 8):
+        self.keep_open = keep_open
+        self._open: OrderedDict[tuple[str, tuple[str, ...]], tuple[zipfile.ZipFile, object]] = OrderedDict()
+
+    def __enter__(self) -> "Archives":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        while self._open:
+            self._evict()
+
+    def _evict(self) -> None:
+        _, (archive, spill) = self._open.popitem(last=False)
+        archive.close()
+        if spill is not None:
+            spill.close()
+
+    def archive(self, path: str, members: tuple[str, ...] = ()) -> zipfile.ZipFile:
+        """The zip at `path`, or the zip reached through the chain of `members` inside it."""
+        key = (path, members)
+        if key in self._open:
+            self._open.move_to_end(key)
+            return self._open[key][0]
+        spill = None
+        if members:
+            parent = self.archive(path, members[:-1])
+            spill = tempfile.TemporaryFile()
+            with parent.open(members[-1]) as member:
+                shutil.copyfileobj(member, spill, 1 << 20)
+            spill.seek(0)
+        try:
+            archive = zipfile.ZipFile(spill if spill is not None else path)
+        except BaseException:
+            if spill is not None:
+                spill.close()
+            raise
+        self._open[key] = (archive, spill)
+        while len(self._open) > self.keep_open:
+            self._evict()
+        return archive
+
+    def names(self, path: str, members: tuple[str, ...] = ()) -> list[str]:
+        return [info.filename for info in self.archive(path, members).infolist() if not info.is_dir()]
+
+    def read(self, location: Location) -> bytes:
+        if not location.members:
+            with open(location.path, "rb") as handle:
+                return handle.read()
+        return self.archive(location.path, location.members[:-1]).read(location.members[-1])
+
+
+# ---------------------------------------------------------------- layouts as data
+
+
+@dataclass(frozen=True, slots=True)
+class FileMatch:
+    set: str
+    lang: str
+    number: int
+    is_summary: bool
+    stem: str
+
+
+class Layout:
+    """A corpus layout from config (`corpus.layouts.{name}`): which files are documents, and how to read
+    their set, language, number and kind from the path (see config/README.md, `corpus`)."""
+
+    def __init__(self, name: str, spec: dict):
+        self.name = name
+        self.files = [self._compile(pattern, "files", {"lang", "n"}) for pattern in spec["files"]]
+        self.folders = [self._compile(pattern, "folders", {"lang"}) for pattern in spec["folders"]]
+        self.unpaired_sets = {value.lower() for value in spec["unpaired_sets"]}
+        self.id_format = spec["id"]
+        try:
+            self.id_format.format(**ID_FIELDS)
+        except (KeyError, IndexError, ValueError) as error:
+            raise ClinsumError(
+                f"corpus.layouts.{name}.id: {self.id_format!r} is not a format of {sorted(ID_FIELDS)} ({error})"
+            ) from None
+
+    def _compile(self, pattern: str, key: str, required: set[str]) -> re.Pattern:
+        where = f"corpus.layouts.{self.name}.{key}: {pattern!r}"
+        try:
+            compiled = re.compile(pattern, re.IGNORECASE)
+        except re.error as error:
+            raise ClinsumError(f"{where} is not a regular expression ({error})") from None
+        groups = set(compiled.groupindex)
+        if not required <= groups or not groups <= LAYOUT_GROUPS:
+            raise ClinsumError(
+                f"{where} must have the named groups {sorted(required)} and no others than {sorted(LAYOUT_GROUPS)}"
+                f" (it has {sorted(groups)})"
+            )
+        return compiled
+
+    def match(self, relative: str) -> FileMatch | None:
+        """The document a file is, from its path relative to the source (zips count as folders)."""
+        for pattern in self.files:
+            found = pattern.search(relative)
+            if found:
+                groups = found.groupdict()
+                name = relative.rsplit("/", 1)[-1]
+                return FileMatch(
+                    set=(groups.get("set") or "").lower(),
+                    lang=groups["lang"].lower(),
+                    number=int(groups["n"]),
+                    is_summary=bool(groups.get("kind")),
+                    stem=name.rsplit(".", 1)[0],
+                )
+        return None
+
+    def is_document(self, relative: str) -> bool:
+        return any(pattern.search(relative) for pattern in self.files)
+
+    def folder_language(self, relative: str) -> tuple[str, str] | None:
+        """(folder, language) of the nearest enclosing folder (or zip) that a folder pattern names."""
+        for folder in reversed(relative.split("/")[:-1]):
+            name = folder[:-4] if is_zip_name(folder) else folder
+            for pattern in self.folders:
+                found = pattern.fullmatch(name)
+                if found:
+                    return folder, found["lang"].lower()
+        return None
+
+    def document_id(self, match: FileMatch) -> str:
+        return self.id_format.format(set=match.set, lang=match.lang, n=match.number, stem=match.stem)
+
+
+@functools.cache
+def _schema() -> dict:
+    import yaml
+
+    if not SCHEMA.exists():
+        raise ClinsumError(f"{SCHEMA}: the config schema is missing (it holds the layout presets and defaults)")
+    return yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
+
+
+def preset_layouts() -> dict:
+    """The layouts the schema presets (`corpus.layouts`), for callers outside Snakemake."""
+    presets = _schema()["properties"]["corpus"]["properties"]["layouts"]["properties"]
+    return {name: spec["default"] for name, spec in presets.items()}
+
+
+def layouts_from_config(layouts: dict) -> dict[str, Layout]:
+    """Layout objects from config; keys a layout leaves out take the schema's defaults."""
+    defaults = {
+        key: value["default"]
+        for key, value in _schema()["definitions"]["layout"]["properties"].items()
+        if "default" in value
+    }
+    return {name: Layout(name, {**defaults, **spec}) for name, spec in layouts.items()}
+
+
+def check_sources(sources: list[dict], layouts: dict[str, Layout]) -> None:
+    """Every source path exists and names a known layout; raise naming the first that does not."""
+    for number, source in enumerate(sources):
+        where = f"corpus.sources[{number}]"
+        if not Path(source["path"]).exists():
+            raise ClinsumError(f"{where}: {source['path']} does not exist")
+        if source["layout"] != "jsonl" and source["layout"] not in layouts:
+            raise ClinsumError(
+                f"{where}: layout {source['layout']!r} is neither jsonl nor a name under corpus.layouts"
+                f" ({', '.join(sorted(layouts))})"
+            )
+
+
+# ---------------------------------------------------------------- the content fingerprint
+
+
+def _file_digest(path: str) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _is_input_file(relative: str, layout: Layout | None) -> bool:
+    """Whether a file can hold documents: the layout names it, or it is a zip (or JSONL for `jsonl`)."""
+    if layout is None:
+        return relative.lower().endswith(".jsonl")
+    return is_zip_name(relative) or layout.is_document(relative)
+
+
+def _input_files(root: Path, layout: Layout | None) -> dict[str, list[tuple[str, str]]]:
+    """Folder (relative) -> [(file name, path)] of the files under `root` that can hold documents."""
+    folders: dict[str, list[tuple[str, str]]] = {}
+    if root.is_file():
+        folders[""] = [(root.name, str(root))]
+        return folders
+    for relative, entry in walk_folder(root, WalkNotes()):
+        if _is_input_file(relative, layout):
+            folder, _, name = relative.rpartition("/")
+            folders.setdefault(folder, []).append((name, entry.path))
+    return folders
+
+
+def _folder_digest(files: list[tuple[str, str]], key: str, cache: dict, counter: list[int]) -> str:
+    """The content digest of one folder's input files, from the cache while their stats are unchanged."""
+    stats = []
+    for name, path in files:
+        try:
+            info = os.stat(path)
+            stats.append(f"{name}\0{info.st_size}\0{info.st_mtime_ns}")
+        except OSError:
+            stats.append(f"{name}\0unreadable")
+    stat_key = hashlib.blake2b("\n".join(stats).encode(), digest_size=16).hexdigest()
+    cached = cache.get(key)
+    if cached and cached[0] == stat_key:
+        return cached[1]
+    digest = hashlib.blake2b(digest_size=16)
+    for name, path in files:
+        try:
+            content = _file_digest(path)
+            counter[0] += 1
+        except OSError:
+            content = "unreadable"
+        digest.update(f"{name}\0{content}\n".encode())
+    cache[key] = [stat_key, digest.hexdigest()]
+    return cache[key][1]
+
+
+def fingerprint_sources(sources: list[dict], layouts: dict[str, Layout], cache_path: str | Path) -> tuple[str, int]:
+    """(a digest of the content of every file of the sources that can hold documents, files hashed now).
+
+    Equal digests mean equal input files: a touched file keeps the digest, an edited, added or removed
+    one changes it. The cache at `cache_path` (created if missing, rebuilt if unreadable) keeps each
+    folder's digest under the names, sizes and modification times of its files.
+    """
+    check_sources(sources, layouts)
+    cache_path = Path(cache_path)
+    try:
+        cache = json.loads(cache_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cache = {}
+    before = json.dumps(cache, sort_keys=True)
+    hashed = [0]
+    total = hashlib.blake2b(digest_size=16)
+    for source in sources:
+        root = Path(source["path"])
+        layout = None if source["layout"] == "jsonl" else layouts[source["layout"]]
+        total.update(f"source\0{source['path']}\0{source['layout']}\n".encode())
+        for folder, files in sorted(_input_files(root, layout).items()):
+            key = f"{root.resolve()}\0{folder}"
+            total.update(f"{folder}\0{_folder_digest(files, key, cache, hashed)}\n".encode())
+    if json.dumps(cache, sort_keys=True) != before:
+        with atomic_path(cache_path) as handle:
+            json.dump(cache, handle)
+    return total.hexdigest(), hashed[0]
