@@ -1,7 +1,8 @@
+# The sources are not inputs (Snakemake would compare a folder's own modification time, which
+# misses edits inside it): their content fingerprint is a param, computed at start (common.smk).
 rule ingest:
     input:
-        sources=[source["path"] for source in config["corpus"]["sources"]],
-        code=code("ingest", "io"),
+        code=code("ingest", "sources", "io"),
     output:
         corpus=expand("results/corpus/{lang}.jsonl", lang=LANGS),
         manifest="results/corpus/manifest.json",
@@ -13,11 +14,15 @@ rule ingest:
         mem_mb=2000,
     params:
         sources=as_json(config["corpus"]["sources"]),
+        # a function: the patterns' braces ({2}, {stem}) are not wildcards
+        layouts=lambda wildcards: as_json(used_layouts()),
+        fingerprint=CORPUS_FINGERPRINT,
         languages=" ".join(LANGS),
-        on_bad_input=config["corpus"].get("on_bad_input", "skip"),
+        on_bad_input=config["corpus"]["on_bad_input"],
     shell:
-        "python -m clinsum ingest --sources {params.sources:q} --languages {params.languages}"
-        " --on-bad-input {params.on_bad_input} --out-dir results/corpus > {log} 2>&1"
+        "python -m clinsum ingest --sources {params.sources:q} --layouts {params.layouts:q}"
+        " --languages {params.languages} --on-bad-input {params.on_bad_input}"
+        " --out-dir results/corpus > {log} 2>&1"
 
 
 rule split:
