@@ -147,3 +147,26 @@ def test_archives_read_nested_zips_and_keep_recent_ones_open(tmp_path):
             assert archives.read(Location(str(path), ("x.txt",))) == path.name.encode()
         assert len(archives._open) == 2
     assert archives._open == {}
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2])
+def test_archives_read_members_as_zipfile_does(tmp_path, method):
+    path = tmp_path / "a.zip"
+    texts = {f"dir/doc_{n}.txt": ("Überweisung %d. " % n * 50 * n).encode() for n in range(1, 6)}
+    with zipfile.ZipFile(path, "w", method) as archive:
+        archive.writestr("dir/extra.txt", b"x", compress_type=zipfile.ZIP_STORED)  # a longer local header
+        for name, data in texts.items():
+            archive.writestr(name, data)
+    with Archives() as archives, zipfile.ZipFile(path) as reference:
+        for name in reversed(list(texts)):
+            assert archives.read(Location(str(path), (name,))) == texts[name] == reference.read(name)
+
+
+def test_a_corrupted_member_is_an_error_not_wrong_text(tmp_path):
+    path = tmp_path / "a.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("doc.txt", b"the original text")
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b"original", b"ORIGINAL", 1))
+    with Archives() as archives, pytest.raises(zipfile.BadZipFile, match="bad CRC-32 or size for doc.txt"):
+        archives.read(Location(str(path), ("doc.txt",)))

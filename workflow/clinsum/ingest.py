@@ -135,7 +135,9 @@ def _list_zip(relative: str, location: Location, manifest: Manifest, archives: A
 
 def _normalize(text: str) -> str:
     """Windows (CRLF) and old Mac (CR) line ends become LF; surrounding whitespace goes."""
-    return text.replace("\r\n", "\n").replace("\r", "\n").strip()
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text.strip()
 
 
 def decode_text(data: bytes) -> str:
