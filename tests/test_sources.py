@@ -127,7 +127,11 @@ def test_walk_follows_links_and_reads_a_folder_reached_twice_once(tmp_path):
     assert notes.folders_reached_twice == [str(root / "link2"), str(root / "loop")]
 
 
-def test_archives_read_nested_zips_and_keep_recent_ones_open(tmp_path):
+def entries(archives: Archives, path: Path, chain=()) -> dict[str, Location]:
+    return {name: Location(str(path), (*chain, name), entry) for name, entry in archives.members(str(path), chain)}
+
+
+def test_archives_read_nested_zips_and_cache_few_handles(tmp_path):
     inner = tmp_path / "inner.zip"
     with zipfile.ZipFile(inner, "w") as archive:
         archive.writestr("doc.txt", "inside")
@@ -140,13 +144,16 @@ def test_archives_read_nested_zips_and_keep_recent_ones_open(tmp_path):
         with zipfile.ZipFile(path, "w") as archive:
             archive.writestr("x.txt", path.name)
     with Archives(keep_open=2) as archives:
-        assert archives.read(Location(str(outer), ("nested/inner.zip", "doc.txt"))) == b"inside"
-        assert archives.read(Location(str(outer), ("top.txt",))) == b"top"
-        assert archives.names(str(outer), ("nested/inner.zip",)) == ["doc.txt"]
+        assert set(entries(archives, outer)) == {"nested/inner.zip", "top.txt"}
+        nested = entries(archives, outer, ("nested/inner.zip",))
+        assert archives.read(nested["doc.txt"]) == b"inside"
+        assert archives.read(entries(archives, outer)["top.txt"]) == b"top"
         for path in paths:
-            assert archives.read(Location(str(path), ("x.txt",))) == path.name.encode()
-        assert len(archives._open) == 2
-    assert archives._open == {}
+            assert archives.read(entries(archives, path)["x.txt"]) == path.name.encode()
+        assert len(archives._handles) == 2 and len(archives._spills) == 1
+        # without an entry (not listed), the zip library reads it
+        assert archives.read(Location(str(outer), ("nested/inner.zip", "doc.txt"))) == b"inside"
+    assert archives._handles == {} and archives._spills == {}
 
 
 @pytest.mark.parametrize("method", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2])
@@ -158,8 +165,9 @@ def test_archives_read_members_as_zipfile_does(tmp_path, method):
         for name, data in texts.items():
             archive.writestr(name, data)
     with Archives() as archives, zipfile.ZipFile(path) as reference:
+        listed = entries(archives, path)
         for name in reversed(list(texts)):
-            assert archives.read(Location(str(path), (name,))) == texts[name] == reference.read(name)
+            assert archives.read(listed[name]) == texts[name] == reference.read(name)
 
 
 def test_a_corrupted_member_is_an_error_not_wrong_text(tmp_path):
@@ -169,4 +177,4 @@ def test_a_corrupted_member_is_an_error_not_wrong_text(tmp_path):
     data = path.read_bytes()
     path.write_bytes(data.replace(b"original", b"ORIGINAL", 1))
     with Archives() as archives, pytest.raises(zipfile.BadZipFile, match="bad CRC-32 or size for doc.txt"):
-        archives.read(Location(str(path), ("doc.txt",)))
+        archives.read(entries(archives, path)["doc.txt"])

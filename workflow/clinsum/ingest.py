@@ -3,26 +3,36 @@ config) and JSONL into one `{lang}.jsonl` per language, with a manifest of what 
 skipped, and why.
 
 Two passes keep large corpora out of memory: the first lists file *names* only (folders, zips, nested
-zips); the second reads each document's report and summary, in order, and streams it out. Each pass
-opens a zip once (clinsum.sources.Archives), however many documents it holds.
+zips) into an index on disk (`DocumentIndex`, SQLite in a temporary folder under the output folder); the
+second reads each document's report and summary, in order, and streams it out. A zip's directory is read
+once, in the first pass, which notes where each member lies; the second pass reads members from there
+(clinsum.sources.Archives). Memory stays flat in the number of documents; the largest zip's directory
+is the most it holds at once (about 0.7 KB per member while that zip is listed).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import operator
+import os
+import sqlite3
+import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from .io import ClinsumError, atomic_path, write_json
 from .sources import (
     ZIP_ERRORS,
     Archives,
+    FileMatch,
     Layout,
     Location,
     WalkNotes,
+    ZipEntry,
     in_macos_metadata,
     is_zip_name,
     layouts_from_config,
@@ -38,7 +48,6 @@ class Document:
     lang: str
     set: str
     number: int
-    id: str = ""
     report: Location | None = None
     summary: Location | None = None
 
@@ -116,21 +125,27 @@ def list_files(root: Path, manifest: Manifest, archives: Archives) -> Iterator[t
 
 
 def _list_zip(relative: str, location: Location, manifest: Manifest, archives: Archives) -> Iterator[tuple[str, Location]]:
+    members = _zip_members(location, manifest, archives)
     try:
-        names = archives.names(location.path, location.members)
+        first = next(members, None)  # opening the zip reads its directory: the only place it fails
     except ZIP_ERRORS as error:
         manifest.count_read(None)
         manifest.skip(None, location, f"unreadable zip ({error})")
         return
-    for name in names:
-        if in_macos_metadata(name):
-            manifest.walk.macos_metadata += 1
-            continue
-        inner = Location(location.path, (*location.members, name))
+    for name, entry in itertools.chain([first] if first else [], members):
+        inner = Location(location.path, (*location.members, name), entry)
         if is_zip_name(name):
             yield from _list_zip(f"{relative}/{name}", inner, manifest, archives)
         else:
             yield f"{relative}/{name}", inner
+
+
+def _zip_members(location: Location, manifest: Manifest, archives: Archives) -> Iterator[tuple[str, ZipEntry]]:
+    for name, entry in archives.members(location.path, location.members):
+        if in_macos_metadata(name):
+            manifest.walk.macos_metadata += 1
+        else:
+            yield name, entry
 
 
 def _normalize(text: str) -> str:
@@ -151,11 +166,92 @@ def decode_text(data: bytes) -> str:
 # ---------------------------------------------------------------- file-name layouts
 
 
-def index_documents(
-    root: Path, layout: Layout, manifest: Manifest, archives: Archives
-) -> dict[tuple[str, str, int], Document]:
-    """Pair reports with summaries by (set, language, number), from names alone."""
-    documents: dict[tuple[str, str, int], Document] = {}
+_NO_ENTRY = (None,) * len(ZipEntry._fields)
+
+
+class DocumentIndex:
+    """What the listing pass found, kept on disk (SQLite in a temporary folder) rather than in memory, so
+    that ingest's memory stays flat however large the corpus; the reading pass gets the files back
+    sorted and grouped by document. It also remembers every id written, across sources."""
+
+    BATCH = 10_000
+
+    def __init__(self, directory: Path):
+        self._db = sqlite3.connect(Path(directory) / "index.sqlite")
+        self._db.executescript(
+            """
+            PRAGMA journal_mode = OFF;
+            PRAGMA synchronous = OFF;
+            CREATE TABLE files (lang TEXT, late INTEGER, doc_set TEXT, n INTEGER, summary INTEGER,
+                                container INTEGER, member TEXT,
+                                offset INTEGER, compressed INTEGER, size INTEGER, crc INTEGER, method INTEGER,
+                                flags INTEGER);
+            CREATE TABLE seen (id TEXT PRIMARY KEY, source TEXT) WITHOUT ROWID;
+            """
+        )
+        # a folder or a (nested) zip holding files, shared by its files' rows
+        self._container_ids: dict[tuple[str, tuple[str, ...] | None], int] = {}
+        self._containers: list[tuple[str, tuple[str, ...] | None]] = []
+        self._pending: list[tuple] = []
+
+    def close(self) -> None:
+        self._db.close()
+
+    def add(self, match: FileMatch, late: bool, location: Location) -> None:
+        if location.members:
+            container, member = (location.path, location.members[:-1]), location.members[-1]
+        else:
+            folder, _, member = location.path.rpartition(os.sep)
+            container = (folder, None)
+        number = self._container_ids.get(container)
+        if number is None:
+            number = self._container_ids[container] = len(self._containers)
+            self._containers.append(container)
+        entry = location.entry or _NO_ENTRY
+        self._pending.append((match.lang, late, match.set, match.number, match.is_summary, number, member, *entry))
+        if len(self._pending) >= self.BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._db.executemany(f"INSERT INTO files VALUES ({', '.join('?' * 13)})", self._pending)
+        self._pending = []
+
+    def _location(self, container: int, member: str, entry: tuple) -> Location:
+        path, chain = self._containers[container]
+        if chain is None:
+            return Location(f"{path}{os.sep}{member}")
+        return Location(path, (*chain, member), None if entry[0] is None else ZipEntry._make(entry))
+
+    def documents(self) -> Iterator[tuple[Document, list[tuple[str, Location]]]]:
+        """(document, files that repeat one of its slots) in order: language, sets with summaries
+        before the others, set, number; within a document, files in the order they were listed."""
+        self._flush()
+        rows = self._db.execute(
+            "SELECT lang, doc_set, n, summary, container, member, offset, compressed, size, crc, method, flags"
+            " FROM files"
+            " ORDER BY lang, late, doc_set, n, rowid"
+        )
+        for (lang, doc_set, number), group in itertools.groupby(rows, key=operator.itemgetter(0, 1, 2)):
+            doc, repeated = Document(lang, doc_set, number), []
+            for _, _, _, is_summary, container, member, *entry in group:
+                location = self._location(container, member, entry)
+                slot = "summary" if is_summary else "report"
+                if getattr(doc, slot) is None:
+                    setattr(doc, slot, location)
+                else:
+                    repeated.append((slot, location))
+            yield doc, repeated
+        self._db.execute("DELETE FROM files")
+
+    def first_seen(self, doc_id: str, source: str) -> str | None:
+        """None for a new id (now remembered, with its source); else the source that had it first."""
+        if self._db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?)", (doc_id, source)).rowcount:
+            return None
+        return self._db.execute("SELECT source FROM seen WHERE id = ?", (doc_id,)).fetchone()[0]
+
+
+def index_documents(root: Path, layout: Layout, manifest: Manifest, archives: Archives, index: DocumentIndex) -> None:
+    """List the files of a source and index the documents among them, from names alone."""
     for relative, location in list_files(root, manifest, archives):
         match = layout.match(relative)
         if match is None:
@@ -169,31 +265,23 @@ def index_documents(
                 f"language differs from its folder ({match.lang!r} in its name, {folder[1]!r} in {folder[0]})",
             )
             continue
-        key = (match.set, match.lang, match.number)
-        doc = documents.get(key)
-        if doc is None:
-            doc = documents[key] = Document(match.lang, match.set, match.number)
-        slot = "summary" if match.is_summary else "report"
-        if not doc.id or slot == "report":
-            doc.id = layout.document_id(match)
-        if getattr(doc, slot) is not None:
-            manifest.skip(manifest.count_read(match.lang), location, f"duplicate id {doc.id} (first seen in {getattr(doc, slot)})")
-            continue
-        setattr(doc, slot, location)
-    return documents
+        index.add(match, match.set in layout.unpaired_sets, location)
 
 
-def read_layout(root: Path, manifest: Manifest, layout: Layout) -> Iterator[dict]:
+def read_layout(root: Path, manifest: Manifest, layout: Layout, index: DocumentIndex) -> Iterator[dict]:
     with Archives() as archives:
-        documents = index_documents(root, layout, manifest, archives)
-        order = sorted(documents, key=lambda k: (k[1], k[0] in layout.unpaired_sets, k[0], k[2]))
-        for key in order:
-            record = _read_document(documents.pop(key), layout, manifest, archives)
+        index_documents(root, layout, manifest, archives, index)
+        for doc, repeated in index.documents():
+            doc_id = layout.document_id(doc.set, doc.lang, doc.number, (doc.report or doc.summary).name)
+            for slot, location in repeated:
+                first = getattr(doc, slot)
+                manifest.skip(manifest.count_read(doc.lang), location, f"duplicate id {doc_id} (first seen in {first})")
+            record = _read_document(doc, doc_id, layout, manifest, archives)
             if record is not None:
                 yield record
 
 
-def _read_document(doc: Document, layout: Layout, manifest: Manifest, archives: Archives) -> dict | None:
+def _read_document(doc: Document, doc_id: str, layout: Layout, manifest: Manifest, archives: Archives) -> dict | None:
     """The record of one indexed document, or None after recording why it is skipped."""
     where = doc.report or doc.summary
     if manifest.count_read(doc.lang) is None:
@@ -222,7 +310,7 @@ def _read_document(doc: Document, layout: Layout, manifest: Manifest, archives: 
     if summary is not None and not summary:
         manifest.skip(doc.lang, doc.summary, "empty summary")
         return None
-    return {"id": doc.id, "lang": doc.lang, "text": text, "summary": summary, "source": str(doc.report)}
+    return {"id": doc_id, "lang": doc.lang, "text": text, "summary": summary, "source": str(doc.report)}
 
 
 # ---------------------------------------------------------------- the jsonl layout
@@ -284,16 +372,18 @@ def _jsonl_record(raw: bytes, where: str, manifest: Manifest) -> dict | None:
 # ---------------------------------------------------------------- the stage
 
 
-def source_reader(source: dict, layouts: dict[str, Layout]) -> Callable[[Path, Manifest], Iterator[dict]]:
+def read_source(source: dict, manifest: Manifest, layouts: dict[str, Layout], index: DocumentIndex) -> Iterator[dict]:
+    path = Path(source["path"])
+    if not path.exists():
+        raise ClinsumError(f"{path}: corpus source not found (corpus.sources in config)")
     if source["layout"] == "jsonl":
-        return read_jsonl_source
+        return read_jsonl_source(path, manifest)
     if source["layout"] not in layouts:
         raise ClinsumError(
             f"{source['path']}: layout {source['layout']!r} is neither jsonl nor one of {sorted(layouts)}"
             " (corpus.layouts in config)"
         )
-    layout = layouts[source["layout"]]
-    return lambda path, manifest: read_layout(path, manifest, layout)
+    return read_layout(path, manifest, layouts[source["layout"]], index)
 
 
 def ingest(
@@ -304,22 +394,23 @@ def ingest(
     `layouts`: the `corpus.layouts` of config (None: the presets of the schema).
     """
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     layout_objects = layouts_from_config(preset_layouts() if layouts is None else layouts)
     manifest = Manifest(languages=list(languages), on_bad_input=on_bad_input)
-    seen: dict[str, str] = {}
-    with _Writers(out_dir, languages) as writers:
-        for source in sources:
-            path = Path(source["path"])
-            if not path.exists():
-                raise ClinsumError(f"{path}: corpus source not found (corpus.sources in config)")
-            for record in source_reader(source, layout_objects)(path, manifest):
-                lang = record["lang"]
-                if record["id"] in seen:
-                    manifest.skip(lang, record["source"], f"duplicate id {record['id']} (first seen in {seen[record['id']]})")
-                    continue
-                seen[record["id"]] = record["source"]
-                writers.write(lang, record)
-                manifest.written[lang] += 1
+    with tempfile.TemporaryDirectory(prefix=".ingest-", dir=out_dir) as scratch, _Writers(out_dir, languages) as writers:
+        index = DocumentIndex(Path(scratch))
+        try:
+            for source in sources:
+                for record in read_source(source, manifest, layout_objects, index):
+                    lang = record["lang"]
+                    first = index.first_seen(record["id"], record["source"])
+                    if first is not None:
+                        manifest.skip(lang, record["source"], f"duplicate id {record['id']} (first seen in {first})")
+                        continue
+                    writers.write(lang, record)
+                    manifest.written[lang] += 1
+        finally:
+            index.close()
     result = manifest.to_dict()
     result["sources"] = sources
     write_json(out_dir / "manifest.json", result)

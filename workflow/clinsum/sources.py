@@ -26,9 +26,10 @@ import tempfile
 import zipfile
 import zlib
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator, NamedTuple
 
 from .io import ClinsumError, atomic_path
 
@@ -54,15 +55,37 @@ def is_zip_name(name: str) -> bool:
     return name.lower().endswith(".zip")
 
 
+class ZipEntry(NamedTuple):
+    """Where a zip member's bytes lie, as the zip's central directory says."""
+
+    offset: int
+    compressed: int
+    size: int
+    crc: int
+    method: int
+    flags: int
+
+    @classmethod
+    def of(cls, info: zipfile.ZipInfo) -> "ZipEntry":
+        return cls(info.header_offset, info.compress_size, info.file_size, info.CRC, info.compress_type, info.flag_bits)
+
+
 @dataclass(frozen=True, slots=True)
 class Location:
-    """Where a file lives: a path on disk, or a member inside a chain of (possibly nested) zips."""
+    """Where a file lives: a path on disk, or a member inside a chain of (possibly nested) zips, with
+    the member's entry when the listing found it."""
 
     path: str
     members: tuple[str, ...] = ()
+    entry: ZipEntry | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         return "!".join([self.path, *self.members])
+
+    @property
+    def name(self) -> str:
+        """The file's own name, without its folders."""
+        return (self.members[-1] if self.members else self.path).rsplit("/", 1)[-1]
 
 
 @dataclass
@@ -107,15 +130,19 @@ def walk_folder(root: str | Path, notes: WalkNotes) -> Iterator[tuple[str, os.Di
 
 
 class Archives:
-    """Zips open for one pass over a corpus; use as a context manager.
+    """Zip access for one pass over a corpus; use as a context manager.
 
-    The `keep_open` most recently used archives stay open, so a pass that reads a zip's members one
-    after another opens it once. A nested zip is copied to a temporary file, never held in memory.
+    `members` lists a zip's members with where each one lies (its central directory is parsed, then let
+    go); `read` reads a member from that `ZipEntry` in one seek and one read, through a few cached file
+    handles. So reading a whole zip parses its directory once per pass and keeps none of it in memory.
+    A nested zip is copied to a temporary file once per pass, never held in memory.
     """
 
-    def __init__(self, keep_open: int = 4):
+    def __init__(self, keep_open: int = 8):
         self.keep_open = keep_open
-        self._open: OrderedDict[tuple[str, tuple[str, ...]], tuple[zipfile.ZipFile, object]] = OrderedDict()
+        self._handles: OrderedDict[str, BinaryIO] = OrderedDict()
+        self._spills: dict[tuple[str, tuple[str, ...]], BinaryIO] = {}
+        self._fallback: tuple[tuple[str, tuple[str, ...]], zipfile.ZipFile] | None = None
 
     def __enter__(self) -> "Archives":
         return self
@@ -124,51 +151,74 @@ class Archives:
         self.close()
 
     def close(self) -> None:
-        while self._open:
-            self._evict()
+        if self._fallback is not None:
+            self._fallback[1].close()
+            self._fallback = None
+        for handle in [*self._handles.values(), *self._spills.values()]:
+            handle.close()
+        self._handles.clear()
+        self._spills.clear()
 
-    def _evict(self) -> None:
-        _, (archive, spill) = self._open.popitem(last=False)
-        archive.close()
-        if spill is not None:
-            spill.close()
-
-    def archive(self, path: str, members: tuple[str, ...] = ()) -> zipfile.ZipFile:
-        """The zip at `path`, or the zip reached through the chain of `members` inside it."""
-        key = (path, members)
-        if key in self._open:
-            self._open.move_to_end(key)
-            return self._open[key][0]
-        spill = None
-        if members:
-            parent = self.archive(path, members[:-1])
+    def _zip_file(self, path: str, chain: tuple[str, ...]) -> str | BinaryIO:
+        """What holds the zip: its path, or for a zip inside zips, its temporary copy."""
+        if not chain:
+            return path
+        key = (path, chain)
+        if key not in self._spills:
             spill = tempfile.TemporaryFile()
-            with parent.open(members[-1]) as member:
-                shutil.copyfileobj(member, spill, 1 << 20)
-            spill.seek(0)
-        try:
-            archive = zipfile.ZipFile(spill if spill is not None else path)
-        except BaseException:
-            if spill is not None:
+            try:
+                with self._open_zip(path, chain[:-1]) as parent, parent.open(chain[-1]) as member:
+                    shutil.copyfileobj(member, spill, 1 << 20)
+            except BaseException:
                 spill.close()
-            raise
-        self._open[key] = (archive, spill)
-        while len(self._open) > self.keep_open:
-            self._evict()
-        return archive
+                raise
+            self._spills[key] = spill
+        spill = self._spills[key]
+        spill.seek(0)
+        return spill
 
-    def names(self, path: str, members: tuple[str, ...] = ()) -> list[str]:
-        return [info.filename for info in self.archive(path, members).infolist() if not info.is_dir()]
+    @contextmanager
+    def _open_zip(self, path: str, chain: tuple[str, ...]) -> Iterator[zipfile.ZipFile]:
+        archive = zipfile.ZipFile(self._zip_file(path, chain))
+        try:
+            yield archive
+        finally:
+            archive.close()
+
+    def members(self, path: str, chain: tuple[str, ...] = ()) -> Iterator[tuple[str, ZipEntry]]:
+        """(name, entry) of every file in the zip at `path`, or in the zip reached through `chain`."""
+        with self._open_zip(path, chain) as archive:
+            for info in archive.infolist():
+                if not info.is_dir():
+                    yield info.filename, ZipEntry.of(info)
+
+    def _handle(self, path: str, chain: tuple[str, ...]) -> BinaryIO:
+        if chain:
+            return self._zip_file(path, chain)
+        handle = self._handles.get(path)
+        if handle is None:
+            handle = self._handles[path] = open(path, "rb")
+            while len(self._handles) > self.keep_open:
+                self._handles.popitem(last=False)[1].close()
+        else:
+            self._handles.move_to_end(path)
+        return handle
 
     def read(self, location: Location) -> bytes:
         if not location.members:
             with open(location.path, "rb") as handle:
                 return handle.read()
-        archive = self.archive(location.path, location.members[:-1])
-        info = archive.getinfo(location.members[-1])
-        if info.compress_type in _RAW_METHODS and not info.flag_bits & _ENCRYPTED:
-            return _read_member(archive, info)
-        return archive.read(info)
+        chain, name = location.members[:-1], location.members[-1]
+        entry = location.entry
+        if entry is not None and entry.method in _RAW_METHODS and not entry.flags & _ENCRYPTED:
+            return _read_member(self._handle(location.path, chain), entry, name)
+        # other compressions (bzip2, lzma), encryption, or no entry: the zip library, one zip kept open
+        key = (location.path, chain)
+        if self._fallback is None or self._fallback[0] != key:
+            if self._fallback is not None:
+                self._fallback[1].close()
+            self._fallback = (key, zipfile.ZipFile(self._zip_file(location.path, chain)))
+        return self._fallback[1].read(name)
 
 
 _RAW_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
@@ -176,21 +226,19 @@ _ENCRYPTED = 0x1
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., file name length, extra field length
 
 
-def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+def _read_member(handle: BinaryIO, entry: ZipEntry, name: str) -> bytes:
     """A stored or deflated member in one seek and one read, CRC checked: what `ZipFile.read` does,
-    without its per-member file wrapper and decompressor objects, which made reading a zip's
-    documents slower than reading the same files from a folder."""
-    handle = archive.fp
-    handle.seek(info.header_offset)
+    without the zip's directory in memory nor per-member file and decompressor objects."""
+    handle.seek(entry.offset)
     signature, name_length, extra_length = _LOCAL_HEADER.unpack(handle.read(_LOCAL_HEADER.size))
     if signature != b"PK\x03\x04":
-        raise zipfile.BadZipFile(f"bad local header for {info.filename}")
+        raise zipfile.BadZipFile(f"bad local header for {name}")
     handle.seek(name_length + extra_length, os.SEEK_CUR)
-    data = handle.read(info.compress_size)
-    if info.compress_type == zipfile.ZIP_DEFLATED:
+    data = handle.read(entry.compressed)
+    if entry.method == zipfile.ZIP_DEFLATED:
         data = zlib.decompress(data, -zlib.MAX_WBITS)
-    if zlib.crc32(data) != info.CRC or len(data) != info.file_size:
-        raise zipfile.BadZipFile(f"bad CRC-32 or size for {info.filename}")
+    if zlib.crc32(data) != entry.crc or len(data) != entry.size:
+        raise zipfile.BadZipFile(f"bad CRC-32 or size for {name}")
     return data
 
 
@@ -203,7 +251,6 @@ class FileMatch:
     lang: str
     number: int
     is_summary: bool
-    stem: str
 
 
 class Layout:
@@ -244,13 +291,11 @@ class Layout:
             found = pattern.search(relative)
             if found:
                 groups = found.groupdict()
-                name = relative.rsplit("/", 1)[-1]
                 return FileMatch(
                     set=(groups.get("set") or "").lower(),
                     lang=groups["lang"].lower(),
                     number=int(groups["n"]),
                     is_summary=bool(groups.get("kind")),
-                    stem=name.rsplit(".", 1)[0],
                 )
         return None
 
@@ -273,8 +318,9 @@ class Layout:
                     return folder, found["lang"].lower()
         return None
 
-    def document_id(self, match: FileMatch) -> str:
-        return self.id_format.format(set=match.set, lang=match.lang, n=match.number, stem=match.stem)
+    def document_id(self, doc_set: str, lang: str, number: int, file_name: str) -> str:
+        """The id of a document, from its report's file name (or its summary's, without a report)."""
+        return self.id_format.format(set=doc_set, lang=lang, n=number, stem=file_name.rsplit(".", 1)[0])
 
 
 @functools.cache
