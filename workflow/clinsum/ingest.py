@@ -387,7 +387,7 @@ def read_source(source: dict, manifest: Manifest, layouts: dict[str, Layout], in
 
 
 def ingest(
-    sources: list[dict], languages: list[str], out_dir: str | Path, on_bad_input: str, layouts: dict | None = None
+    sources: list[dict], languages: list[str], out_dir: str | Path, on_bad_input: str = "skip", layouts: dict | None = None
 ) -> dict:
     """Write `{out_dir}/{lang}.jsonl` for every configured language and `{out_dir}/manifest.json`.
 
