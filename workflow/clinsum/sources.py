@@ -97,22 +97,25 @@ class WalkNotes:
 
 
 def walk_folder(root: str | Path, notes: WalkNotes) -> Iterator[tuple[str, os.DirEntry]]:
-    """(path relative to `root` with `/` separators, entry) of every file under `root`, in name order.
+    """(path relative to `root` with `/` separators, entry) of every file under `root`: a folder's files
+    in name order, then its sub-folders in name order.
 
     Links are followed; a folder reached a second time is recorded in `notes` and not read again.
     An entry whose type cannot be determined (a broken link) is yielded as a file: reading it fails
     later with a message that names it.
     """
     seen: set[tuple[int, int]] = set()
-
-    def visit(directory: str, prefix: str) -> Iterator[tuple[str, os.DirEntry]]:
+    pending = [(str(root), "")]  # a stack, not recursion: one generator frame per file, not one per level
+    while pending:
+        directory, prefix = pending.pop()
         info = os.stat(directory)
         if (info.st_dev, info.st_ino) in seen:
             notes.folders_reached_twice.append(directory)
-            return
+            continue
         seen.add((info.st_dev, info.st_ino))
         with os.scandir(directory) as entries:
             ordered = sorted(entries, key=lambda entry: entry.name)
+        folders = []
         for entry in ordered:
             if is_macos_metadata(entry.name):
                 notes.macos_metadata += 1
@@ -122,11 +125,10 @@ def walk_folder(root: str | Path, notes: WalkNotes) -> Iterator[tuple[str, os.Di
             except OSError:
                 is_dir = False
             if is_dir:
-                yield from visit(entry.path, f"{prefix}{entry.name}/")
+                folders.append((entry.path, f"{prefix}{entry.name}/"))
             else:
                 yield f"{prefix}{entry.name}", entry
-
-    yield from visit(str(root), "")
+        pending.extend(reversed(folders))
 
 
 class Archives:
