@@ -138,15 +138,27 @@ STAGES: dict[str, tuple[Callable[[StageRun], int], bool]] = {
 }
 
 
-def _child(stage: str, run: StageRun, queue) -> None:
+def peak_rss_mib() -> float:
+    """This process's peak resident memory. Linux's VmHWM counts only this program's memory, where
+    `ru_maxrss` also keeps the high-water mark of the parent's memory copied before exec."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
 
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _child(stage: str, run: StageRun, queue) -> None:
     try:
         started = time.perf_counter()
         processed = STAGES[stage][0](run)
         seconds = time.perf_counter() - started
-        peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        queue.put({"documents": processed, "seconds": seconds, "peak_rss_mib": peak_kib / 1024})
+        queue.put({"documents": processed, "seconds": seconds, "peak_rss_mib": peak_rss_mib()})
     except BaseException as error:  # reported as a failed row
         queue.put({"error": f"{type(error).__name__}: {error}"})
 
