@@ -383,7 +383,9 @@ def check_model_dirs():
             continue
         path = model_path(ref)
         if not Path(path).is_dir():
-            raise WorkflowError(f"config {key}: the model directory {path} does not exist")
+            raise WorkflowError(
+                f"config {key}: the model directory {path} does not exist"
+            )
         missing = clinsum_model_files.missing_model_files(path, purpose)
         if missing:
             raise WorkflowError(
