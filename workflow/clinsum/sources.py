@@ -3,9 +3,9 @@
 - Walking a folder: symbolic links are followed, a folder reached twice (a link loop, or two links to
   one folder) is read once and recorded; macOS metadata (`__MACOSX/`, `._*`, `.DS_Store`) is passed
   over before anything else looks at it, and counted.
-- Zips, nested zips included, are read through `Archives`, which keeps recently used archives open:
-  reading a zip's documents one after another parses its central directory once per pass, not once
-  per member.
+- Zips, nested zips included, are read through `Archives`: listing a zip parses its central directory
+  once and notes where each member lies (`ZipEntry`); reading a member then takes one seek and one
+  read, with no directory in memory, instead of re-parsing the directory for every member.
 - Layouts as data: a layout is a list of file-name regular expressions with named groups `set`, `lang`,
   `n` and `kind`, plus folder patterns whose `lang` group gives the language of the files inside.
 - A content fingerprint of the sources, for Snakemake's `params` rerun trigger: touching a file changes
@@ -141,7 +141,7 @@ class Archives:
     """
 
     def __init__(self, keep_open: int = 8):
-        self.keep_open = keep_open
+        self.keep_open = keep_open  # file handles of top-level zips
         self._handles: OrderedDict[str, BinaryIO] = OrderedDict()
         self._spills: dict[tuple[str, tuple[str, ...]], BinaryIO] = {}
         self._fallback: tuple[tuple[str, tuple[str, ...]], zipfile.ZipFile] | None = None
