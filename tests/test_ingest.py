@@ -6,6 +6,7 @@ import pytest
 
 from clinsum.ingest import ingest, list_files, Manifest
 from clinsum.io import ClinsumError, read_jsonl
+from clinsum.sources import Archives
 
 from conftest import SAMPLE
 
@@ -36,11 +37,17 @@ def zip_folder(folder: Path, zip_path: Path, doubled=False):
                 archive.write(path, name)
 
 
-def run(sources, tmp_path, on_bad_input="skip"):
+def run(sources, tmp_path, on_bad_input="skip", **kwargs):
     out = tmp_path / "out"
-    manifest = ingest(sources, LANGS, out, on_bad_input)
+    manifest = ingest(sources, LANGS, out, on_bad_input, **kwargs)
     records = {lang: list(read_jsonl(out / f"{lang}.jsonl")) for lang in LANGS}
+    for lang, counts in manifest["languages"].items():
+        assert counts["read"] == counts["written"] + counts["skipped"], (lang, counts)
     return manifest, records
+
+
+def folder(root: Path, path: str):
+    return {"path": str(root / path) if path else str(root), "layout": "multiclinsum"}
 
 
 def test_sample_corpus_ingests_completely(tmp_path):
@@ -101,7 +108,7 @@ def test_zip_with_doubled_folder_and_stray_nested_zip(tmp_path):
     assert [r["id"] for r in records["es"]] == ["multiclinsum_gs_es_1", "multiclinsum_gs_es_3"]
     assert [r["id"] for r in records["pt"]] == ["multiclinsum_ls_pt_2"]
     assert "!" in records["pt"][0]["source"]  # read from inside the nested zip
-    assert manifest["totals"] == {"read": 3, "written": 3, "skipped": 0, "ignored_files": 1}
+    assert manifest["totals"] == {"read": 3, "written": 3, "skipped": 0, "ignored_files": 1, "macos_metadata": 0}
 
 
 def trap_corpus(tmp_path: Path) -> Path:
@@ -194,5 +201,191 @@ def test_listing_reads_names_only(tmp_path):
     """The first pass must not read document bodies (large-scale corpora stream)."""
     root = tmp_path / "corpus"
     gs_pair(root, "en", 1)
-    names = [name for name, _ in list_files(root, Manifest(LANGS))]
-    assert sorted(names) == ["multiclinsum_gs_en_1.txt", "multiclinsum_gs_en_1_sum.txt"]
+    with Archives() as archives:
+        names = [name for name, _ in list_files(root, Manifest(LANGS, "skip"), archives)]
+    assert sorted(names) == [
+        "multiclinsum_gs_train_en/fulltext/multiclinsum_gs_en_1.txt",
+        "multiclinsum_gs_train_en/summaries/multiclinsum_gs_en_1_sum.txt",
+    ]
+
+
+# ---------------------------------------------------------------- issue 16: the traps, each a test
+
+
+def corpus_zip(zip_path: Path, lang: str, numbers, subset="ls"):
+    """A large-scale set as shipped: one zip holding its folder, reports and summaries."""
+    top = f"multiclinsum_{subset}_train_{lang}"
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for n in numbers:
+            archive.writestr(f"{top}/fulltext/multiclinsum_{subset}_{lang}_{n}.txt", f"Report {lang} {n}.")
+            archive.writestr(f"{top}/summaries/multiclinsum_{subset}_{lang}_{n}_sum.txt", f"Summary {n}.")
+
+
+def test_each_zip_is_opened_once_per_pass_not_once_per_member(tmp_path, monkeypatch):
+    """Zips were quadratic: every member read re-opened the archive and parsed its central directory."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    corpus_zip(corpus / "multiclinsum_ls_train_en.zip", "en", range(1, 41))
+    opened = []
+
+    class CountingZipFile(zipfile.ZipFile):
+        def __init__(self, file, *args, **kwargs):
+            opened.append(str(file))
+            super().__init__(file, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile, "ZipFile", CountingZipFile)
+    manifest, records = run([folder(corpus, "")], tmp_path)
+    assert [r["id"] for r in records["en"]] == [f"multiclinsum_ls_en_{n}" for n in range(1, 41)]
+    assert records["en"][39]["summary"] == "Summary 40."
+    assert len(opened) <= 2, f"the zip was opened {len(opened)} times for 80 members"
+
+
+def test_symlinked_set_folder_is_read(tmp_path):
+    """A set folder that is a link (e.g. to a shared data disk) lost all its documents, silently."""
+    elsewhere = tmp_path / "shared-disk"
+    gs_pair(elsewhere, "en", 1)
+    gs_pair(elsewhere, "en", 2)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "multiclinsum_gs_train_en").symlink_to(elsewhere / "multiclinsum_gs_train_en", target_is_directory=True)
+    manifest, records = run([folder(corpus, "")], tmp_path)
+    assert [r["id"] for r in records["en"]] == ["multiclinsum_gs_en_1", "multiclinsum_gs_en_2"]
+    assert manifest["languages"]["en"]["read"] == 2
+
+
+def test_link_loop_is_read_once_and_recorded(tmp_path):
+    corpus = tmp_path / "corpus"
+    gs_pair(corpus, "en", 1)
+    (corpus / "multiclinsum_gs_train_en" / "again").symlink_to(corpus, target_is_directory=True)
+    manifest, records = run([folder(corpus, "")], tmp_path)
+    assert [r["id"] for r in records["en"]] == ["multiclinsum_gs_en_1"]
+    assert manifest["totals"]["skipped"] == 0  # not a duplicate of itself
+    assert manifest["folders_reached_twice"] == [str(corpus / "multiclinsum_gs_train_en" / "again")]
+
+
+def test_file_whose_language_differs_from_its_folder_is_a_counted_skip(tmp_path):
+    """A report named _en_ inside the Spanish folder was written as English."""
+    corpus = tmp_path / "corpus"
+    gs_pair(corpus, "es", 1)
+    spanish = corpus / "multiclinsum_gs_train_es"
+    write(spanish / "fulltext" / "multiclinsum_gs_en_5.txt", "Informe en español.")
+    write(spanish / "summaries" / "multiclinsum_gs_en_5_sum.txt", "Resumen.")
+    manifest, records = run([folder(corpus, "")], tmp_path)
+    assert records["en"] == []
+    assert [r["id"] for r in records["es"]] == ["multiclinsum_gs_es_1"]
+    assert manifest["languages"]["en"]["skipped_by_reason"] == {"language differs from its folder": 2}
+    reasons = [s["reason"] for s in manifest["skipped"]]
+    assert reasons[0] == "language differs from its folder ('en' in its name, 'es' in multiclinsum_gs_train_es)"
+
+
+def test_file_whose_language_differs_from_its_folder_stops_under_error(tmp_path):
+    corpus = tmp_path / "corpus"
+    gs_pair(corpus, "es", 1)
+    write(corpus / "multiclinsum_test_es" / "fulltext" / "multiclinsum_test_3_fr.txt", "Rapport.")
+    with pytest.raises(ClinsumError, match=r"multiclinsum_test_3_fr\.txt: language differs from its folder"):
+        run([folder(corpus, "")], tmp_path, on_bad_input="error")
+
+
+def test_language_of_a_zipped_set_comes_from_the_zip_name(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    with zipfile.ZipFile(corpus / "multiclinsum_gs_train_pt.zip", "w") as archive:  # no folder inside
+        archive.writestr("multiclinsum_gs_pt_1.txt", "Relato.")
+        archive.writestr("multiclinsum_gs_pt_1_sum.txt", "Resumo.")
+        archive.writestr("multiclinsum_gs_es_2.txt", "Informe.")
+        archive.writestr("multiclinsum_gs_es_2_sum.txt", "Resumen.")
+    manifest, records = run([folder(corpus, "")], tmp_path)
+    assert [r["id"] for r in records["pt"]] == ["multiclinsum_gs_pt_1"]
+    assert records["es"] == []
+    assert manifest["languages"]["es"]["skipped_by_reason"] == {"language differs from its folder": 2}
+
+
+def test_extensions_match_case_insensitively(tmp_path):
+    """Upper-case .TXT/.ZIP were ignored, and a .Txt summary made a misleading 'report without its summary'."""
+    corpus = tmp_path / "corpus"
+    write(corpus / "multiclinsum_gs_train_en" / "fulltext" / "multiclinsum_gs_en_1.TXT", "Report one.")
+    write(corpus / "multiclinsum_gs_train_en" / "summaries" / "multiclinsum_gs_en_1_sum.TXT", "Summary one.")
+    write(corpus / "multiclinsum_gs_train_en" / "fulltext" / "multiclinsum_gs_en_2.txt", "Report two.")
+    write(corpus / "multiclinsum_gs_train_en" / "summaries" / "multiclinsum_gs_en_2_sum.Txt", "Summary two.")
+    corpus_zip(corpus / "MULTICLINSUM_LS_TRAIN_FR.ZIP", "fr", [7])
+    manifest, records = run([folder(corpus, "")], tmp_path)
+    assert [(r["id"], r["summary"]) for r in records["en"]] == [
+        ("multiclinsum_gs_en_1", "Summary one."),
+        ("multiclinsum_gs_en_2", "Summary two."),
+    ]
+    assert [r["id"] for r in records["fr"]] == ["multiclinsum_ls_fr_7"]
+    assert manifest["totals"]["skipped"] == 0 and manifest["totals"]["ignored_files"] == 0
+
+
+def test_crlf_line_ends_are_normalized(tmp_path):
+    corpus = tmp_path / "corpus"
+    gs_pair(corpus, "en", 1, report="First line.\r\nSecond line.\rThird.\r\n", summary="Sum\r\nmary.\r\n")
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text(json.dumps({"id": "j1", "lang": "fr", "text": "Un.\r\nDeux.", "summary": "R\r\n"}) + "\n")
+    manifest, records = run([folder(corpus, ""), {"path": str(jsonl), "layout": "jsonl"}], tmp_path)
+    assert records["en"][0]["text"] == "First line.\nSecond line.\nThird."
+    assert records["en"][0]["summary"] == "Sum\nmary."
+    assert (records["fr"][0]["text"], records["fr"][0]["summary"]) == ("Un.\nDeux.", "R")
+    on_disk = (tmp_path / "out" / "en.jsonl").read_bytes()
+    assert b"\\r" not in on_disk
+
+
+def test_macos_metadata_is_ignored_before_anything_else(tmp_path):
+    """A zip made on macOS stopped an `error` run on its harmless __MACOSX/._*.zip AppleDouble entry."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    zip_path = corpus / "multiclinsum_ls_train_en.zip"
+    corpus_zip(zip_path, "en", [1, 2])
+    with zipfile.ZipFile(zip_path, "a") as archive:
+        archive.writestr("__MACOSX/._multiclinsum_ls_train_en.zip", b"\x00\x05\x16\x07 AppleDouble")
+        archive.writestr("__MACOSX/multiclinsum_ls_train_en/fulltext/._multiclinsum_ls_en_1.txt", b"\x00\x05\x16\x07")
+        archive.writestr("multiclinsum_ls_train_en/.DS_Store", b"\x00\x00\x00\x01Bud1")
+    write(corpus / ".DS_Store", b"\x00\x00\x00\x01Bud1")
+    write(corpus / "._multiclinsum_ls_train_en.zip", b"\x00\x05\x16\x07")
+    write(corpus / "multiclinsum_gs_train_fr" / "fulltext" / "._multiclinsum_gs_fr_1.txt", b"\x00\x05\x16\x07")
+    gs_pair(corpus, "fr", 1)
+    manifest, records = run([folder(corpus, "")], tmp_path, on_bad_input="error")
+    assert [r["id"] for r in records["en"]] == ["multiclinsum_ls_en_1", "multiclinsum_ls_en_2"]
+    assert [r["id"] for r in records["fr"]] == ["multiclinsum_gs_fr_1"]
+    assert manifest["totals"]["macos_metadata"] == 6
+    assert manifest["totals"]["ignored_files"] == 0 and manifest["totals"]["skipped"] == 0
+
+
+CASES_LAYOUT = {
+    "cases": {
+        "files": [r"(?:^|/)(?P<lang>[a-z]{2})/(?:reports|(?P<kind>summaries))/case_(?P<n>\d+)\.txt$"],
+        "id": "case_{lang}_{n}",
+    }
+}
+
+
+def test_a_layout_from_config_reads_a_corpus_laid_out_differently(tmp_path):
+    corpus = tmp_path / "cases"
+    for lang in ("en", "pt"):
+        write(corpus / lang / "reports" / "case_3.txt", f"Report {lang}.")
+        write(corpus / lang / "summaries" / "case_3.txt", f"Summary {lang}.")
+    write(corpus / "pt" / "reports" / "case_4.txt", "Sem resumo.")
+    manifest, records = run([{"path": str(corpus), "layout": "cases"}], tmp_path, layouts=CASES_LAYOUT)
+    assert [(r["id"], r["text"], r["summary"]) for r in records["en"]] == [("case_en_3", "Report en.", "Summary en.")]
+    assert [r["id"] for r in records["pt"]] == ["case_pt_3"]
+    assert manifest["languages"]["pt"]["skipped_by_reason"] == {"report without its summary": 1}
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"files": ["(?P<lang>[a-z]{2})_(?P<n>\\d+"]}, r"corpus\.layouts\.bad\.files: .* is not a regular expression"),
+        ({"files": ["(?P<lang>[a-z]{2})\\.txt"]}, r"must have the named groups \['lang', 'n'\]"),
+        ({"files": ["(?P<lang>..)_(?P<n>\\d+)(?P<part>a)"]}, r"and no others than"),
+        ({"files": ["(?P<lang>..)_(?P<n>\\d+)"], "folders": ["set_(?P<n>\\d)"]}, r"\.folders: .*named groups \['lang'\]"),
+        ({"files": ["(?P<lang>..)_(?P<n>\\d+)"], "id": "{number}"}, r"corpus\.layouts\.bad\.id: '\{number\}' is not a format"),
+    ],
+)
+def test_a_bad_layout_is_named_with_its_config_key(tmp_path, spec, message):
+    with pytest.raises(ClinsumError, match=message):
+        run([{"path": str(tmp_path), "layout": "bad"}], tmp_path, layouts={"bad": spec})
+
+
+def test_an_unknown_layout_name_is_named(tmp_path):
+    with pytest.raises(ClinsumError, match=r"layout 'multiclinsum2' is neither jsonl nor one of \['multiclinsum'\]"):
+        run([{"path": str(tmp_path), "layout": "multiclinsum2"}], tmp_path)

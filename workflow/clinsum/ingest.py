@@ -1,66 +1,66 @@
-"""Ingest: MultiClinSum folders and zips (gs, large-scale and test layouts) and JSONL into one
-`{lang}.jsonl` per language, with a manifest of what was read, written and skipped, and why.
+"""Ingest: MultiClinSum folders and zips (gs, large-scale and test layouts, or any layout described in
+config) and JSONL into one `{lang}.jsonl` per language, with a manifest of what was read, written and
+skipped, and why.
 
 Two passes keep large corpora out of memory: the first lists file *names* only (folders, zips, nested
-zips); the second reads each document's report and summary, in numeric order, and streams it out.
+zips) into an index on disk (`DocumentIndex`, SQLite in a temporary folder under the output folder); the
+second reads each document's report and summary, in order, and streams it out. A zip's directory is read
+once, in the first pass, which notes where each member lies; the second pass reads members from there
+(clinsum.sources.Archives). Memory stays flat in the number of documents; the largest zip's directory
+is the most it holds at once (about 0.7 KB per member while that zip is listed).
 """
 
 from __future__ import annotations
 
-import io as _io
+import itertools
 import json
 import logging
-import re
-import zipfile
+import operator
+import os
+import sqlite3
+import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from .io import ClinsumError, atomic_path, write_json
+from .sources import (
+    ZIP_ERRORS,
+    Archives,
+    FileMatch,
+    Layout,
+    Location,
+    WalkNotes,
+    ZipEntry,
+    in_macos_metadata,
+    is_zip_name,
+    layouts_from_config,
+    preset_layouts,
+    walk_folder,
+)
 
 log = logging.getLogger(__name__)
 
-# multiclinsum_gs_en_12.txt, multiclinsum_ls_es_3_sum.txt, multiclinsum_test_12_en.txt
-TRAIN_FILE = re.compile(r"^multiclinsum_(?P<subset>gs|ls)_(?P<lang>[a-z]{2})_(?P<n>\d+)(?P<sum>_sum)?\.txt$")
-TEST_FILE = re.compile(r"^multiclinsum_test_(?P<n>\d+)_(?P<lang>[a-z]{2})\.txt$")
-SUBSET_ORDER = {"gs": 0, "ls": 1, "test": 2}
 
-
-@dataclass(frozen=True)
-class Location:
-    """Where a file lives: a path on disk, or a member inside a chain of (possibly nested) zips."""
-
-    path: Path
-    members: tuple[str, ...] = ()
-
-    def __str__(self) -> str:
-        return "!".join([str(self.path), *self.members])
-
-
-@dataclass
+@dataclass(slots=True)
 class Document:
     lang: str
-    subset: str  # gs | ls | test
+    set: str
     number: int
     report: Location | None = None
     summary: Location | None = None
-
-    @property
-    def id(self) -> str:
-        if self.subset == "test":
-            return f"multiclinsum_test_{self.number}_{self.lang}"
-        return f"multiclinsum_{self.subset}_{self.lang}_{self.number}"
 
 
 @dataclass
 class Manifest:
     languages: list[str]
-    on_bad_input: str = "skip"
+    on_bad_input: str
     read: Counter = field(default_factory=Counter)
     written: Counter = field(default_factory=Counter)
     skipped: list[dict] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    walk: WalkNotes = field(default_factory=WalkNotes)
 
     def count_read(self, lang: str | None) -> str | None:
         """Count one document read; return its language, or None (counted as "unknown") if not configured."""
@@ -95,203 +95,322 @@ class Manifest:
                 "written": sum(v["written"] for v in per_lang.values()),
                 "skipped": len(self.skipped),
                 "ignored_files": len(self.ignored),
+                "macos_metadata": self.walk.macos_metadata,
             },
             "skipped": self.skipped,
             "ignored_files": self.ignored,
+            "folders_reached_twice": self.walk.folders_reached_twice,
         }
 
 
 # ---------------------------------------------------------------- listing (names only)
 
 
-def list_files(root: Path, manifest: Manifest) -> Iterator[tuple[str, Location]]:
-    """(file name, location) of every file under a folder or zip, descending into nested zips."""
+def list_files(root: Path, manifest: Manifest, archives: Archives) -> Iterator[tuple[str, Location]]:
+    """(path relative to the source, location) of every file under a folder or zip, nested zips
+    included; zips count as folders in the relative path, macOS metadata is passed over."""
     if root.is_file():
-        if zipfile.is_zipfile(root) or root.suffix == ".zip":
-            yield from _list_zip(Location(root), manifest)
+        if is_zip_name(root.name):
+            yield from _list_zip(root.name, Location(str(root)), manifest, archives)
         else:
-            yield root.name, Location(root)
+            yield root.name, Location(str(root))
         return
     if not root.is_dir():
         raise ClinsumError(f"{root}: corpus source not found")
-    for path in sorted(root.rglob("*")):
-        if path.is_dir():
-            continue
-        if path.suffix == ".zip":
-            yield from _list_zip(Location(path), manifest)
+    for relative, entry in walk_folder(root, manifest.walk):
+        if is_zip_name(entry.name):
+            yield from _list_zip(relative, Location(entry.path), manifest, archives)
         else:
-            yield path.name, Location(path)
+            yield relative, Location(entry.path)
 
 
-def _open_zip(location: Location) -> zipfile.ZipFile:
-    archive = zipfile.ZipFile(location.path)
-    for member in location.members:
-        archive = zipfile.ZipFile(_io.BytesIO(archive.read(member)))
-    return archive
-
-
-def _list_zip(location: Location, manifest: Manifest) -> Iterator[tuple[str, Location]]:
+def _list_zip(relative: str, location: Location, manifest: Manifest, archives: Archives) -> Iterator[tuple[str, Location]]:
+    members = _zip_members(location, manifest, archives)
     try:
-        with _open_zip(location) as archive:
-            names = [info.filename for info in archive.infolist() if not info.is_dir()]
-    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        first = next(members, None)  # opening the zip reads its directory: the only place it fails
+    except ZIP_ERRORS as error:
         manifest.count_read(None)
         manifest.skip(None, location, f"unreadable zip ({error})")
         return
-    for name in names:
-        inner = Location(location.path, (*location.members, name))
-        if name.lower().endswith(".zip"):
-            yield from _list_zip(inner, manifest)
+    for name, entry in itertools.chain([first] if first else [], members):
+        inner = Location(location.path, (*location.members, name), entry)
+        if is_zip_name(name):
+            yield from _list_zip(f"{relative}/{name}", inner, manifest, archives)
         else:
-            yield name.rsplit("/", 1)[-1], inner
+            yield f"{relative}/{name}", inner
 
 
-def read_bytes(location: Location) -> bytes:
-    if not location.members:
-        return location.path.read_bytes()
-    with _open_zip(Location(location.path, location.members[:-1])) as archive:
-        return archive.read(location.members[-1])
+def _zip_members(location: Location, manifest: Manifest, archives: Archives) -> Iterator[tuple[str, ZipEntry]]:
+    for name, entry in archives.members(location.path, location.members):
+        if in_macos_metadata(name):
+            manifest.walk.macos_metadata += 1
+        else:
+            yield name, entry
 
 
-def decode_utf8(data: bytes) -> str:
+def _normalize(text: str) -> str:
+    """Windows (CRLF) and old Mac (CR) line ends become LF; surrounding whitespace goes."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text.strip()
+
+
+def decode_text(data: bytes) -> str:
+    """A file's text: UTF-8 (a byte-order mark dropped), line ends normalized, stripped."""
     try:
-        return data.decode("utf-8-sig")
+        return _normalize(data.decode("utf-8-sig"))
     except UnicodeDecodeError as error:
         raise ValueError(f"not UTF-8 (invalid byte at offset {error.start})") from None
 
 
-# ---------------------------------------------------------------- the multiclinsum layout
+# ---------------------------------------------------------------- file-name layouts
 
 
-def index_multiclinsum(root: Path, manifest: Manifest) -> dict[tuple[str, str, int], Document]:
-    """Pair reports with summaries by (subset, language, number), from names alone."""
-    documents: dict[tuple[str, str, int], Document] = {}
-    for name, location in list_files(root, manifest):
-        match = TRAIN_FILE.match(name)
-        subset = match and match["subset"]
-        if not match:
-            match = TEST_FILE.match(name)
-            subset = "test" if match else None
-        if not match:
+_NO_ENTRY = (None,) * len(ZipEntry._fields)
+
+
+class DocumentIndex:
+    """What the listing pass found, kept on disk (SQLite in a temporary folder) rather than in memory, so
+    that ingest's memory stays flat however large the corpus; the reading pass gets the files back
+    sorted and grouped by document. It also remembers every id written, across sources."""
+
+    BATCH = 10_000
+
+    def __init__(self, directory: Path):
+        self._db = sqlite3.connect(Path(directory) / "index.sqlite")
+        self._db.executescript(
+            """
+            PRAGMA journal_mode = OFF;
+            PRAGMA synchronous = OFF;
+            CREATE TABLE files (lang TEXT, late INTEGER, doc_set TEXT, n INTEGER, summary INTEGER,
+                                container INTEGER, member TEXT,
+                                offset INTEGER, compressed INTEGER, size INTEGER, crc INTEGER, method INTEGER,
+                                flags INTEGER);
+            CREATE TABLE seen (id TEXT PRIMARY KEY, source TEXT) WITHOUT ROWID;
+            """
+        )
+        # a folder or a (nested) zip holding files, shared by its files' rows
+        self._container_ids: dict[tuple[str, tuple[str, ...] | None], int] = {}
+        self._containers: list[tuple[str, tuple[str, ...] | None]] = []
+        self._pending: list[tuple] = []
+
+    def close(self) -> None:
+        self._db.close()
+
+    def add(self, match: FileMatch, late: bool, location: Location) -> None:
+        if location.members:
+            container, member = (location.path, location.members[:-1]), location.members[-1]
+        else:
+            folder, _, member = location.path.rpartition(os.sep)
+            container = (folder, None)
+        number = self._container_ids.get(container)
+        if number is None:
+            number = self._container_ids[container] = len(self._containers)
+            self._containers.append(container)
+        entry = location.entry or _NO_ENTRY
+        self._pending.append((match.lang, late, match.set, match.number, match.is_summary, number, member, *entry))
+        if len(self._pending) >= self.BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._db.executemany(f"INSERT INTO files VALUES ({', '.join('?' * 13)})", self._pending)
+        self._pending = []
+
+    def _location(self, container: int, member: str, entry: tuple) -> Location:
+        path, chain = self._containers[container]
+        if chain is None:
+            return Location(f"{path}{os.sep}{member}")
+        return Location(path, (*chain, member), None if entry[0] is None else ZipEntry._make(entry))
+
+    def documents(self) -> Iterator[tuple[Document, list[tuple[str, Location]]]]:
+        """(document, files that repeat one of its slots) in order: language, sets with summaries
+        before the others, set, number; within a document, files in the order they were listed."""
+        self._flush()
+        rows = self._db.execute(
+            "SELECT lang, doc_set, n, summary, container, member, offset, compressed, size, crc, method, flags"
+            " FROM files"
+            " ORDER BY lang, late, doc_set, n, rowid"
+        )
+        for (lang, doc_set, number), group in itertools.groupby(rows, key=operator.itemgetter(0, 1, 2)):
+            doc, repeated = Document(lang, doc_set, number), []
+            for _, _, _, is_summary, container, member, *entry in group:
+                location = self._location(container, member, entry)
+                slot = "summary" if is_summary else "report"
+                if getattr(doc, slot) is None:
+                    setattr(doc, slot, location)
+                else:
+                    repeated.append((slot, location))
+            yield doc, repeated
+        self._db.execute("DELETE FROM files")
+
+    def first_seen(self, doc_id: str, source: str) -> str | None:
+        """None for a new id (now remembered, with its source); else the source that had it first."""
+        if self._db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?)", (doc_id, source)).rowcount:
+            return None
+        return self._db.execute("SELECT source FROM seen WHERE id = ?", (doc_id,)).fetchone()[0]
+
+
+def index_documents(root: Path, layout: Layout, manifest: Manifest, archives: Archives, index: DocumentIndex) -> None:
+    """List the files of a source and index the documents among them, from names alone."""
+    for relative, location in list_files(root, manifest, archives):
+        match = layout.match(relative)
+        if match is None:
             manifest.ignored.append(str(location))
             continue
-        lang, number = match["lang"], int(match["n"])
-        doc = documents.setdefault((subset, lang, number), Document(lang, subset, number))
-        is_summary = bool(match.groupdict().get("sum"))
-        slot = "summary" if is_summary else "report"
-        if getattr(doc, slot) is not None:
-            manifest.skip(manifest.count_read(lang), location, f"duplicate id {doc.id} (first seen in {getattr(doc, slot)})")
+        folder = layout.folder_language(relative)
+        if folder and folder[1] != match.lang:
+            manifest.skip(
+                manifest.count_read(match.lang),
+                location,
+                f"language differs from its folder ({match.lang!r} in its name, {folder[1]!r} in {folder[0]})",
+            )
             continue
-        setattr(doc, slot, location)
-    return documents
+        index.add(match, match.set in layout.unpaired_sets, location)
 
 
-def read_multiclinsum(root: Path, manifest: Manifest, source: str) -> Iterator[dict]:
-    documents = index_multiclinsum(root, manifest)
-    for key in sorted(documents, key=lambda k: (k[1], SUBSET_ORDER[k[0]], k[2])):
-        doc = documents[key]
-        where = doc.report or doc.summary
-        if manifest.count_read(doc.lang) is None:
-            manifest.skip(None, where, f"unknown language {doc.lang!r}")
-            continue
-        if doc.report is None:
-            manifest.skip(doc.lang, where, "summary without its report")
-            continue
-        try:
-            text = decode_utf8(read_bytes(doc.report)).strip()
-            summary = None
-            if doc.subset != "test":
-                if doc.summary is None:
-                    raise ValueError("report without its summary")
-                where = doc.summary
-                summary = decode_utf8(read_bytes(doc.summary)).strip()
-        except ValueError as error:
-            manifest.skip(doc.lang, where, str(error))
-            continue
-        except (OSError, zipfile.BadZipFile) as error:
-            manifest.skip(doc.lang, where, f"unreadable file ({error})")
-            continue
-        if not text:
-            manifest.skip(doc.lang, doc.report, "empty report")
-            continue
-        if summary is not None and not summary:
-            manifest.skip(doc.lang, doc.summary, "empty summary")
-            continue
-        yield {"id": doc.id, "lang": doc.lang, "text": text, "summary": summary, "source": str(doc.report)}
+def read_layout(root: Path, manifest: Manifest, layout: Layout, index: DocumentIndex) -> Iterator[dict]:
+    with Archives() as archives:
+        index_documents(root, layout, manifest, archives, index)
+        for doc, repeated in index.documents():
+            doc_id = layout.document_id(doc.set, doc.lang, doc.number, (doc.report or doc.summary).name)
+            for slot, location in repeated:
+                first = getattr(doc, slot)
+                manifest.skip(manifest.count_read(doc.lang), location, f"duplicate id {doc_id} (first seen in {first})")
+            record = _read_document(doc, doc_id, layout, manifest, archives)
+            if record is not None:
+                yield record
+
+
+def _read_document(doc: Document, doc_id: str, layout: Layout, manifest: Manifest, archives: Archives) -> dict | None:
+    """The record of one indexed document, or None after recording why it is skipped."""
+    where = doc.report or doc.summary
+    if manifest.count_read(doc.lang) is None:
+        manifest.skip(None, where, f"unknown language {doc.lang!r}")
+        return None
+    if doc.report is None:
+        manifest.skip(doc.lang, where, "summary without its report")
+        return None
+    try:
+        text = decode_text(archives.read(doc.report))
+        summary = None
+        if doc.set not in layout.unpaired_sets:
+            if doc.summary is None:
+                raise ValueError("report without its summary")
+            where = doc.summary
+            summary = decode_text(archives.read(doc.summary))
+    except ValueError as error:
+        manifest.skip(doc.lang, where, str(error))
+        return None
+    except ZIP_ERRORS as error:
+        manifest.skip(doc.lang, where, f"unreadable file ({error})")
+        return None
+    if not text:
+        manifest.skip(doc.lang, doc.report, "empty report")
+        return None
+    if summary is not None and not summary:
+        manifest.skip(doc.lang, doc.summary, "empty summary")
+        return None
+    return {"id": doc_id, "lang": doc.lang, "text": text, "summary": summary, "source": str(doc.report)}
 
 
 # ---------------------------------------------------------------- the jsonl layout
 
 
-def read_jsonl_source(path: Path, manifest: Manifest, source: str) -> Iterator[dict]:
-    """JSONL records {id, lang, text, summary?}; a record without summary is a test document."""
-    files = [path] if path.is_file() else sorted(path.rglob("*.jsonl"))
+def _jsonl_files(path: Path, manifest: Manifest) -> list[Path]:
+    if path.is_file():
+        return [path]
+    files = [Path(entry.path) for relative, entry in walk_folder(path, manifest.walk) if relative.lower().endswith(".jsonl")]
     if not files:
         raise ClinsumError(f"{path}: no JSONL file found")
-    for file in files:
+    return files
+
+
+def read_jsonl_source(path: Path, manifest: Manifest) -> Iterator[dict]:
+    """JSONL records {id, lang, text, summary?}; a record without summary is a test document."""
+    for file in _jsonl_files(path, manifest):
         with open(file, "rb") as handle:
             for number, raw in enumerate(handle, start=1):
                 if not raw.strip():
                     continue
-                where = f"{file}:{number}"
-                try:
-                    record = json.loads(decode_utf8(raw))
-                except ValueError as error:
-                    manifest.count_read(None)
-                    manifest.skip(None, where, str(error) if "UTF-8" in str(error) else "invalid JSON")
-                    continue
-                lang = record.get("lang") if isinstance(record, dict) else None
-                bucket = manifest.count_read(lang)
-                if not isinstance(record, dict) or not record.get("id"):
-                    manifest.skip(bucket, where, "record without id")
-                    continue
-                if bucket is None:
-                    manifest.skip(None, where, f"unknown language {lang!r}")
-                    continue
-                text = (record.get("text") or "").strip()
-                summary = record.get("summary")
-                if not text:
-                    manifest.skip(lang, where, "empty report")
-                    continue
-                if summary is not None and not str(summary).strip():
-                    manifest.skip(lang, where, "empty summary")
-                    continue
-                yield {
-                    "id": str(record["id"]),
-                    "lang": lang,
-                    "text": text,
-                    "summary": None if summary is None else str(summary).strip(),
-                    "source": where,
-                }
+                record = _jsonl_record(raw, f"{file}:{number}", manifest)
+                if record is not None:
+                    yield record
 
 
-READERS: dict[str, Callable[[Path, Manifest, str], Iterator[dict]]] = {
-    "multiclinsum": read_multiclinsum,
-    "jsonl": read_jsonl_source,
-}
+def _jsonl_record(raw: bytes, where: str, manifest: Manifest) -> dict | None:
+    try:
+        record = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as error:
+        manifest.count_read(None)
+        manifest.skip(None, where, f"not UTF-8 (invalid byte at offset {error.start})")
+        return None
+    except ValueError:
+        manifest.count_read(None)
+        manifest.skip(None, where, "invalid JSON")
+        return None
+    lang = record.get("lang") if isinstance(record, dict) else None
+    bucket = manifest.count_read(lang)
+    if not isinstance(record, dict) or not record.get("id"):
+        manifest.skip(bucket, where, "record without id")
+        return None
+    if bucket is None:
+        manifest.skip(None, where, f"unknown language {lang!r}")
+        return None
+    text = _normalize(record.get("text") or "")
+    summary = record.get("summary")
+    if not text:
+        manifest.skip(lang, where, "empty report")
+        return None
+    if summary is not None:
+        summary = _normalize(str(summary))
+        if not summary:
+            manifest.skip(lang, where, "empty summary")
+            return None
+    return {"id": str(record["id"]), "lang": lang, "text": text, "summary": summary, "source": where}
 
 
 # ---------------------------------------------------------------- the stage
 
 
-def ingest(sources: list[dict], languages: list[str], out_dir: str | Path, on_bad_input: str = "skip") -> dict:
-    """Write `{out_dir}/{lang}.jsonl` for every configured language and `{out_dir}/manifest.json`."""
+def read_source(source: dict, manifest: Manifest, layouts: dict[str, Layout], index: DocumentIndex) -> Iterator[dict]:
+    path = Path(source["path"])
+    if not path.exists():
+        raise ClinsumError(f"{path}: corpus source not found (corpus.sources in config)")
+    if source["layout"] == "jsonl":
+        return read_jsonl_source(path, manifest)
+    if source["layout"] not in layouts:
+        raise ClinsumError(
+            f"{source['path']}: layout {source['layout']!r} is neither jsonl nor one of {sorted(layouts)}"
+            " (corpus.layouts in config)"
+        )
+    return read_layout(path, manifest, layouts[source["layout"]], index)
+
+
+def ingest(
+    sources: list[dict], languages: list[str], out_dir: str | Path, on_bad_input: str = "skip", layouts: dict | None = None
+) -> dict:
+    """Write `{out_dir}/{lang}.jsonl` for every configured language and `{out_dir}/manifest.json`.
+
+    `layouts`: the `corpus.layouts` of config (None: the presets of the schema).
+    """
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    layout_objects = layouts_from_config(preset_layouts() if layouts is None else layouts)
     manifest = Manifest(languages=list(languages), on_bad_input=on_bad_input)
-    seen: dict[str, str] = {}
-    with _Writers(out_dir, languages) as writers:
-        for source in sources:
-            path, layout = Path(source["path"]), source["layout"]
-            if not path.exists():
-                raise ClinsumError(f"{path}: corpus source not found (corpus.sources in config)")
-            for record in READERS[layout](path, manifest, str(path)):
-                lang = record["lang"]
-                if record["id"] in seen:
-                    manifest.skip(lang, record["source"], f"duplicate id {record['id']} (first seen in {seen[record['id']]})")
-                    continue
-                seen[record["id"]] = record["source"]
-                writers.write(lang, record)
-                manifest.written[lang] += 1
+    with tempfile.TemporaryDirectory(prefix=".ingest-", dir=out_dir) as scratch, _Writers(out_dir, languages) as writers:
+        index = DocumentIndex(Path(scratch))
+        try:
+            for source in sources:
+                for record in read_source(source, manifest, layout_objects, index):
+                    lang = record["lang"]
+                    first = index.first_seen(record["id"], record["source"])
+                    if first is not None:
+                        manifest.skip(lang, record["source"], f"duplicate id {record['id']} (first seen in {first})")
+                        continue
+                    writers.write(lang, record)
+                    manifest.written[lang] += 1
+        finally:
+            index.close()
     result = manifest.to_dict()
     result["sources"] = sources
     write_json(out_dir / "manifest.json", result)
@@ -320,14 +439,16 @@ class _Writers:
 
 
 def _run(args) -> None:
-    sources = json.loads(args.sources)
-    ingest(sources, args.languages, args.out_dir, args.on_bad_input)
+    ingest(json.loads(args.sources), args.languages, args.out_dir, args.on_bad_input, json.loads(args.layouts or "null"))
 
 
 def add_cli(subparsers) -> None:
     parser = subparsers.add_parser("ingest", help="read MultiClinSum folders/zips and JSONL into per-language JSONL")
-    parser.add_argument("--sources", required=True, help='JSON list of {"path": ..., "layout": multiclinsum|jsonl}')
+    parser.add_argument("--sources", required=True, help='JSON list of {"path": ..., "layout": <a layout name>|jsonl}')
     parser.add_argument("--languages", nargs="+", required=True, help="languages to keep (others are skipped)")
-    parser.add_argument("--on-bad-input", choices=["skip", "error"], default="skip", help="skip and count, or stop")
+    parser.add_argument("--on-bad-input", choices=["skip", "error"], required=True, help="skip and count, or stop")
+    parser.add_argument(
+        "--layouts", help="JSON of corpus.layouts: name -> {files, folders, unpaired_sets, id} (default: the schema's presets)"
+    )
     parser.add_argument("--out-dir", required=True, help="writes {lang}.jsonl and manifest.json here")
     parser.set_defaults(func=_run)

@@ -6,7 +6,10 @@ from pathlib import Path
 CODE = Path(workflow.basedir) / "workflow" / "clinsum"
 sys.path.insert(0, str(CODE.parent))  # the checkout's own package, installed or not
 
+from clinsum import model_files as clinsum_model_files
 from clinsum import models as clinsum_models
+from clinsum.codegraph import closure_files
+from clinsum import sources as clinsum_sources
 from clinsum.io import ClinsumError
 
 LANGS = config["languages"]
@@ -31,14 +34,117 @@ def check_teacher_gpus():
 check_teacher_gpus()
 
 
-def code(*modules):
-    """The stage's own modules as inputs, so that changing a stage's code reruns it and what follows."""
-    return [str(CODE / f"{module}.py") for module in modules]
+def code(module):
+    """The package files a stage's jobs run: its module, every package module that imports (directly or
+    not, clinsum.codegraph), and the command-line entry point. As inputs, editing any of them reruns exactly
+    the jobs that use it and what follows."""
+    return sorted(
+        {str(path) for name in (module, "__main__") for path in closure_files(name)}
+    )
 
 
 def as_json(obj):
     """A params value that Snakemake compares across runs (its `params` rerun trigger)."""
     return json.dumps(obj, sort_keys=True, ensure_ascii=False)
+
+
+# ---------------------------------------------------------------- corpus
+
+
+def corpus_layouts():
+    """The layouts of config (`corpus.layouts`, the schema presets included), checked: a bad pattern
+    or id format stops here, naming its key."""
+    try:
+        return clinsum_sources.layouts_from_config(config["corpus"]["layouts"])
+    except ClinsumError as error:
+        raise WorkflowError(f"config {error}")
+
+
+CORPUS_LAYOUTS = corpus_layouts()
+
+
+def used_layouts():
+    """The layouts the sources use, as ingest's `--layouts`: editing an unused one reruns nothing."""
+    names = {s["layout"] for s in config["corpus"]["sources"] if s["layout"] != "jsonl"}
+    return {
+        name: config["corpus"]["layouts"][name]
+        for name in sorted(names & set(CORPUS_LAYOUTS))
+    }
+
+
+SYNTHETIC = config.get("corpus", {}).get("synthetic")
+
+
+def check_synthetic_is_a_source():
+    """A generated corpus is read like any other: its path must be one of the sources."""
+    if not SYNTHETIC:
+        return
+    paths = [source["path"] for source in config["corpus"]["sources"]]
+    if SYNTHETIC["path"] not in paths:
+        raise WorkflowError(
+            f"config corpus.synthetic.path {SYNTHETIC['path']} is not one of corpus.sources ({', '.join(paths)})"
+        )
+
+
+check_synthetic_is_a_source()
+
+
+def read_sources():
+    """The sources ingest reads as they are when Snakemake starts (fingerprinted here); a generated one
+    (corpus.synthetic) is instead the output of the synthetic_corpus rule, an input of ingest.
+    """
+    return [
+        source
+        for source in config["corpus"]["sources"]
+        if not SYNTHETIC or source["path"] != SYNTHETIC["path"]
+    ]
+
+
+def generated_source(wildcards):
+    return {"synthetic": SYNTHETIC["path"]} if SYNTHETIC else {}
+
+
+# content hashes of the source folders, kept between runs in Snakemake's own folder
+SOURCE_FINGERPRINT_CACHE = Path(".snakemake") / "clinsum" / "source-fingerprints.json"
+
+
+def corpus_fingerprint():
+    """A digest of the content of every source file that can hold documents: ingest's `params`, so
+    that an edited, added or removed document reruns ingest and a touched file reruns nothing. A
+    missing source or unknown layout stops here. Jobs that Snakemake runs in their own process (a
+    cluster job) skip it: only the main process decides what reruns and records params.
+    """
+    if not workflow.is_main_process:
+        return "computed by the main Snakemake process"
+    try:
+        digest, _ = clinsum_sources.fingerprint_sources(
+            read_sources(), CORPUS_LAYOUTS, SOURCE_FINGERPRINT_CACHE
+        )
+    except ClinsumError as error:
+        raise WorkflowError(f"config {error}")
+    return digest
+
+
+CORPUS_FINGERPRINT = corpus_fingerprint()
+
+
+def check_summarize_prompts():
+    """Every configured language has its localized summarization prompt (inference needs it)."""
+    prompts = config["prompts"]["summarize"]
+    missing = [lang for lang in LANGS if lang not in prompts]
+    if missing:
+        hint = (
+            " (a key read as false is a bare no: write 'no' in quotes)"
+            if False in prompts
+            else ""
+        )
+        raise WorkflowError(
+            f"config prompts.summarize has no prompt for {', '.join(missing)}"
+            f" (languages: {', '.join(LANGS)}){hint}"
+        )
+
+
+check_summarize_prompts()
 
 
 def model_path(ref):
@@ -85,22 +191,6 @@ def gpu_model_resource(section):
     model = rule_resources(section, "gpu_model", None)
     return {"gpu_model": model} if model else {}
 
-
-SYNTHETIC = config.get("corpus", {}).get("synthetic")
-
-
-def check_synthetic_is_a_source():
-    """A generated corpus is read like any other: its path must be one of the sources."""
-    if not SYNTHETIC:
-        return
-    paths = [source["path"] for source in config["corpus"]["sources"]]
-    if SYNTHETIC["path"] not in paths:
-        raise WorkflowError(
-            f"config corpus.synthetic.path {SYNTHETIC['path']} is not one of corpus.sources ({', '.join(paths)})"
-        )
-
-
-check_synthetic_is_a_source()
 
 TEACHER = model_path(config["teacher"]["model"])
 STUDENT = model_path(config["student"]["model"])
@@ -374,3 +464,37 @@ def evaluation_targets():
         "results/report/index.html",
         *expand("results/submissions/{model}", model=EVAL_MODELS),
     ]
+
+
+# ---------------------------------------------------------------- model directories
+
+
+def check_model_dirs():
+    """A model directory that exists when Snakemake starts (a local path, or one shipped in a package)
+    has what its stage needs; a missing file stops here, naming the model's config key and the file.
+    Models that rules build or download are checked by their build."""
+    models = [("student.model", config["student"]["model"], "generate")]
+    if uses_teacher():
+        models.append(("teacher.model", config["teacher"]["model"], "generate"))
+    models.append(
+        ("evaluate.bertscore.model", config["evaluate"]["bertscore"]["model"], "encode")
+    )
+    for key, ref, purpose in models:
+        kind = clinsum_models.model_kind(ref, NAMED_MODELS)
+        if kind == "hub" or (
+            kind == "named" and NAMED_MODELS[ref]["build"] != "package"
+        ):
+            continue
+        path = model_path(ref)
+        if not Path(path).is_dir():
+            raise WorkflowError(
+                f"config {key}: the model directory {path} does not exist"
+            )
+        missing = clinsum_model_files.missing_model_files(path, purpose)
+        if missing:
+            raise WorkflowError(
+                f"config {key}: the model directory {path} lacks {'; '.join(missing)}"
+            )
+
+
+check_model_dirs()

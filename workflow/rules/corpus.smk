@@ -3,7 +3,7 @@ if SYNTHETIC:
     rule synthetic_corpus:
         input:
             sentences=SYNTHETIC["sentences"],
-            code=code("synthetic", "io"),
+            code=code("synthetic"),
         output:
             directory(SYNTHETIC["path"]),
         log:
@@ -24,10 +24,12 @@ if SYNTHETIC:
             " > {log} 2>&1"
 
 
+# The sources are not inputs (Snakemake would compare a folder's own modification time, which
+# misses edits inside it): their content fingerprint is a param, computed at start (common.smk).
 rule ingest:
     input:
-        sources=[source["path"] for source in config["corpus"]["sources"]],
-        code=code("ingest", "io"),
+        unpack(generated_source),
+        code=code("ingest"),
     output:
         corpus=expand("results/corpus/{lang}.jsonl", lang=LANGS),
         manifest="results/corpus/manifest.json",
@@ -39,17 +41,21 @@ rule ingest:
         mem_mb=2000,
     params:
         sources=as_json(config["corpus"]["sources"]),
+        # a function: the patterns' braces ({2}, {stem}) are not wildcards
+        layouts=lambda wildcards: as_json(used_layouts()),
+        fingerprint=CORPUS_FINGERPRINT,
         languages=" ".join(LANGS),
-        on_bad_input=config["corpus"].get("on_bad_input", "skip"),
+        on_bad_input=config["corpus"]["on_bad_input"],
     shell:
-        "python -m clinsum ingest --sources {params.sources:q} --languages {params.languages}"
-        " --on-bad-input {params.on_bad_input} --out-dir results/corpus > {log} 2>&1"
+        "python -m clinsum ingest --sources {params.sources:q} --layouts {params.layouts:q}"
+        " --languages {params.languages} --on-bad-input {params.on_bad_input}"
+        " --out-dir results/corpus > {log} 2>&1"
 
 
 rule split:
     input:
         corpus="results/corpus/{lang}.jsonl",
-        code=code("split", "io"),
+        code=code("split"),
     output:
         "results/split/{lang}.json",
     log:
@@ -74,7 +80,7 @@ rule crop:
         corpus=expand("results/corpus/{lang}.jsonl", lang=LANGS),
         split=expand("results/split/{lang}.json", lang=LANGS),
         tokenizer=STUDENT,
-        code=code("crop", "chat", "io"),
+        code=code("crop"),
     output:
         train="results/data/train.jsonl",
         valid="results/data/valid.jsonl",

@@ -3,15 +3,7 @@ rule evaluate:
         predictions="results/predictions/{model}/{lang}.jsonl",
         corpus="results/corpus/{lang}.jsonl",
         bertscore_model=bertscore_model_input,
-        code=code(
-            "evaluate",
-            "metrics",
-            "protocols",
-            "faithfulness",
-            "degeneration",
-            "predictions",
-            "io",
-        ),
+        code=code("evaluate"),
     output:
         "results/eval/{model}/{lang}.json",
     log:
@@ -37,7 +29,7 @@ rule report:
         unpack(report_judge_inputs),
         evals=expand("results/eval/{model}/{lang}.json", model=EVAL_MODELS, lang=LANGS),
         models=expand("results/models/{variant}", variant=config["train"]["variants"]),
-        code=code("report", "predictions", "io"),
+        code=code("report"),
     output:
         table_md=report(
             "results/report/table4.md",
@@ -116,7 +108,7 @@ rule report:
 rule submission:
     input:
         predictions=expand("results/predictions/{{model}}/{lang}.jsonl", lang=LANGS),
-        code=code("report", "predictions", "io"),
+        code=code("report"),
     output:
         directory("results/submissions/{model}"),
     log:

@@ -3,7 +3,7 @@ rule infer:
         corpus="results/corpus/{lang}.jsonl",
         split="results/split/{lang}.json",
         model=infer_model_dir,
-        code=code("infer", "generation", "chat", "crop", "io"),
+        code=code("infer"),
     output:
         "results/predictions/{model}/{lang}.jsonl",
     log:

