@@ -137,7 +137,7 @@ def our_steps(docs, vocab, device, tokens_per_batch):
             sequences.append(
                 {"input_ids": _ids(rng, doc["prompt"] + doc[task], vocab), "prompt_len": doc["prompt"], "task": task_id}
             )
-    # a document's two sequences share a batch (clinsum.train.document_units)
+    # a document's two sequences share a batch (clinsum.train.data.document_units)
     units = [[2 * d, 2 * d + 1] for d in range(len(docs))]
     batches = length_grouped_batches([len(s["input_ids"]) for s in sequences], tokens_per_batch, seed=0, units=units)
     for batch in batches:

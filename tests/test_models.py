@@ -274,7 +274,7 @@ def test_stand_in_heads(request, which, rows, tied, hidden):
 
 
 def test_stand_ins_share_the_tokenizer(student_dir, teacher_dir):
-    from clinsum.train import check_tokenizer_compatible
+    from clinsum.train.data import check_tokenizer_compatible
 
     check_tokenizer_compatible(student_dir, teacher_dir)
     check_tokenizer_compatible(teacher_dir, student_dir)
