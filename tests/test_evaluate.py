@@ -224,14 +224,16 @@ def test_bad_settings_and_model_dir(tmp_path, bertscore_encoder_dir):
     predictions, corpus = write_inputs(tmp_path, RECORDS[:1])
     for settings, message in (
         ({**SETTINGS, "rouge_tokenizer": "x"}, "rouge_tokenizer"),
-        ({"bertscore": SETTINGS["bertscore"]}, "evaluate.protocol is missing"),
-        ({**SETTINGS, "protocol": "rouge2004"}, "'rouge2004' is not one of paper, multiclinsum2026"),
-        ({"protocol": "paper", "bertscore": {"model": "x"}}, "bertscore.batch_size is missing"),
+        ({**SETTINGS, "protocol": "rouge2004"}, "'rouge2004' is not one of"),
+        ({"protocol": "paper", "bertscore": {"model": "x", "batch_size": 0}}, "batch_size: 0 is less than the minimum of 1"),
     ):
         with pytest.raises(ClinsumError, match=message):
             evaluate.evaluate_file(predictions, corpus, tmp_path / "o.json", settings, bertscore_encoder_dir, "m", "es")
     with pytest.raises(ClinsumError, match="not a model directory"):
         evaluate.evaluate_file(predictions, corpus, tmp_path / "o.json", SETTINGS, tmp_path, "m", "es")
+    # what a section leaves out comes from the schema: the paper's protocol, 16 texts a BERTScore batch
+    resolved = evaluate.resolve_settings({"bertscore": {"model": "x"}}, "es", bertscore_encoder_dir)
+    assert resolved["protocol"] == "paper" and resolved["bertscore"]["batch_size"] == 16
 
 
 def cli(*args, cwd):
@@ -244,7 +246,7 @@ def test_cli_offline_multilingual(tmp_path, bertscore_encoder_dir):
     write_inputs(tmp_path)
     settings = {**SETTINGS, "rouge_tokenizer": "multilingual"}
     args = ["evaluate", "--predictions", "es.jsonl", "--corpus", "corpus.jsonl", "--model", "distil", "--lang", "es",
-            "--settings", json.dumps(settings), "--bertscore-model", str(bertscore_encoder_dir), "--device", "cpu",
+            "--settings", json.dumps({"evaluate": settings}), "--bertscore-model", str(bertscore_encoder_dir), "--device", "cpu",
             "--threads", "1", "--out", "out/es.json"]
     done = cli(*args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr

@@ -194,7 +194,7 @@ def test_test_documents_in_split_order(tmp_path):
     corpus, split, test_ids = make_inputs(tmp_path)
     docs = infer.load_test_documents(corpus, split, "en")
     assert [d.id for d in docs] == test_ids
-    assert docs[2].reference is None and docs[0].reference == "Pneumonia in patient 4."
+    assert docs[2].summary is None and docs[0].summary == "Pneumonia in patient 4."
 
 
 def test_missing_test_id_is_an_error(tmp_path):
@@ -202,7 +202,7 @@ def test_missing_test_id_is_an_error(tmp_path):
     data = json.loads(split.read_text())
     data["test"].append("en_404")
     split.write_text(json.dumps(data))
-    with pytest.raises(ClinsumError, match=r"en\.jsonl: 1 test id.*en_404"):
+    with pytest.raises(ClinsumError, match=r"en\.jsonl: 1 split ids not in the corpus: en_404"):
         infer.load_test_documents(corpus, split, "en")
 
 
@@ -386,7 +386,7 @@ def test_cli_end_to_end(tmp_path, tiny_dir, caplog, capsys):
     common = ["infer", "--model-dir", str(tiny_dir), "--corpus", str(corpus), "--split", str(split)]
     caplog.set_level("INFO", logger="clinsum.infer")
     code = cli.main(
-        common + ["--lang", "pt", "--settings", json.dumps(settings), "--instruction", PROMPTS["pt"],
+        common + ["--lang", "pt", "--settings", json.dumps({"infer": settings}), "--instruction", PROMPTS["pt"],
                   "--role", "system", "--out", str(out), "--threads", "1"]
     )  # fmt: skip
     assert code == 0
@@ -395,6 +395,7 @@ def test_cli_end_to_end(tmp_path, tiny_dir, caplog, capsys):
     assert all(set(r) == FIELDS and r["lang"] == "pt" and 0 < r["completion_tokens"] <= 6 for r in records)
     assert "fp32 fallback: 0 of 4 documents" in caplog.text
 
-    code = cli.main(common + ["--lang", "es", "--instruction", PROMPTS["es"], "--out", str(tmp_path / "x.jsonl")])
+    code = cli.main(common + ["--lang", "es", "--settings", json.dumps({"infer": settings}), "--instruction",
+                              PROMPTS["es"], "--role", "system", "--out", str(tmp_path / "x.jsonl")])
     assert code == 1
     assert "clinsum infer: error:" in capsys.readouterr().err

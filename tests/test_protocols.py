@@ -61,8 +61,9 @@ def test_a_per_language_override_merges_over_the_protocols_mapping():
     english = protocols.resolve(section, "en")["bertscore"]
     assert english["model"] == "my/english-encoder" and english["num_layers"] is None
     spanish = protocols.resolve(section, "es")["bertscore"]
+    # batch_size: the schema's default, filled in like every default
     assert spanish == {"model": "google-bert/bert-base-multilingual-cased", "num_layers": 9, "max_tokens": None,
-                       "clamp": False}
+                       "clamp": False, "batch_size": 16}
 
 
 def test_null_gives_back_the_protocols_part():
@@ -74,8 +75,8 @@ def test_null_gives_back_the_protocols_part():
 
 
 def test_errors_name_the_key():
-    with pytest.raises(ClinsumError, match="evaluate.protocol is missing"):
-        protocols.resolve({}, "en")
+    # a section without a protocol has the schema's default (the paper's), not an error
+    assert protocols.resolve({}, "en")["protocol"] == "paper"
     with pytest.raises(ClinsumError, match="'bleu' is not one of"):
         protocols.resolve({"protocol": "bleu"}, "en")
     with pytest.raises(ClinsumError, match="evaluate.bertscore.model: no value for language 'de' and no `other`"):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clinsum.plan import merge
+from clinsum.settings import merge
 from conftest import REPO, copy_checkout
 
 # What the rehearsal may change, and why: the stand-in models and their builds, the generated corpus,

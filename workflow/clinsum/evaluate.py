@@ -22,6 +22,7 @@ from . import faithfulness, metrics, protocols
 from .degeneration import KINDS, reason_kind
 from .io import ClinsumError, read_json, write_json
 from .predictions import load_predictions, load_sources
+from .settings import parse_settings
 
 log = logging.getLogger(__name__)
 
@@ -212,10 +213,7 @@ def evaluate_file(
 
 
 def _run(args) -> None:
-    try:
-        settings = json.loads(args.settings)
-    except json.JSONDecodeError as error:
-        raise ClinsumError(f"--settings: invalid JSON ({error.msg})") from None
+    settings = parse_settings(args.settings)["evaluate"]
     if args.threads:
         import torch
 

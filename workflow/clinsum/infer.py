@@ -20,34 +20,20 @@ and inputs; any change to them discards it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
 from .chat import ROLES, encode_cropped_prompt
 from .degeneration import degenerate_reason
-from .io import ClinsumError, JsonlAppender, read_json, read_jsonl, write_jsonl
+from .io import ClinsumError, JsonlAppender, fingerprint, read_json, write_jsonl
+from .records import Document, load_documents, read_split
+from .settings import parse_settings
 
 log = logging.getLogger(__name__)
-
-# Defaults of the config schema's `infer` section, for settings given without them.
-DEFAULTS = {
-    "backend": "vllm",
-    "dtype": "float16",
-    "max_input_tokens": 16384,
-    "max_new_tokens": 1024,
-    "temperature": 0.0,
-    "top_p": 1.0,
-    "repetition_penalty": 1.0,
-    "batch_size": 8,
-    "guard": True,
-    "seed": 0,
-}
 
 # Documents per generate call: the unit of progress that a killed job keeps. vLLM schedules its own
 # batches and gains from many prompts at once; transformers sorts each call's prompts by length.
@@ -56,19 +42,6 @@ TRANSFORMERS_CHUNK_BATCHES = 8
 
 # torch.multinomial's error when sampling from NaN/inf probabilities
 _NAN_ERROR_RE = re.compile(r"\b(nan|inf)\b", re.IGNORECASE)
-
-
-@dataclass
-class Document:
-    id: str
-    text: str
-    reference: str | None
-
-
-# ---------------------------------------------------------------------------------------------------
-# pure parts
-
-
 
 
 def chunks(items: list, size: int) -> Iterable[list]:
@@ -84,182 +57,127 @@ def public_record(record: dict) -> dict:
     return {key: value for key, value in record.items() if not key.startswith("_")}
 
 
-# ---------------------------------------------------------------------------------------------------
-# inputs
-
-
 def load_test_documents(corpus_path, split_path, lang: str) -> list[Document]:
     """The test documents of `lang` in the split's order, streaming the corpus."""
-    split = read_json(split_path)
-    if not isinstance(split, dict) or not isinstance(split.get("test"), list):
-        raise ClinsumError(f"{split_path}: not a split file (no `test` list of ids)")
-    if split.get("lang") not in (None, lang):
-        raise ClinsumError(f"{split_path}: split of language {split['lang']!r}, expected {lang!r}")
-    test_ids = [str(doc_id) for doc_id in split["test"]]
-    wanted = set(test_ids)
-    if len(wanted) != len(test_ids):
-        raise ClinsumError(f"{split_path}: the test split lists an id more than once")
-    found: dict[str, Document] = {}
-    for number, record in enumerate(read_jsonl(corpus_path), start=1):
-        doc_id = str(record.get("id"))
-        if doc_id not in wanted:
-            continue
-        if doc_id in found:
-            raise ClinsumError(f"{corpus_path}: record {number}: duplicate id {doc_id!r}")
-        if not isinstance(record.get("text"), str):
-            raise ClinsumError(f"{corpus_path}: record {number} ({doc_id!r}) has no `text` string")
-        found[doc_id] = Document(doc_id, record["text"], record.get("summary"))
-    missing = [doc_id for doc_id in test_ids if doc_id not in found]
-    if missing:
-        raise ClinsumError(
-            f"{corpus_path}: {len(missing)} test id(s) of {split_path} are not in the corpus, e.g. {missing[:3]}"
-        )
+    test_ids = read_split(split_path, lang)["test"]
+    found = load_documents(corpus_path, test_ids)
     return [found[doc_id] for doc_id in test_ids]
-
-
-def resume_key(model_dir, settings: dict, instruction: str, role: str, *inputs) -> str:
-    """A digest of everything an output depends on; a partial file from other inputs is discarded."""
-    files = []
-    for path in sorted(Path(model_dir).rglob("*")):
-        if path.is_file():
-            stat = path.stat()
-            files.append([str(path.relative_to(model_dir)), stat.st_size, stat.st_mtime_ns])
-    for path in inputs:
-        stat = Path(path).stat()
-        files.append([str(path), stat.st_size, stat.st_mtime_ns])
-    blob = json.dumps([settings, instruction, role, files], sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------
 # generation
 
 
-def predict(
-    documents: list[Document],
-    tokenizer,
-    make_generator: Callable[[str], object],
-    settings: dict,
-    instruction: str,
-    role: str,
-    lang: str,
-    out_path,
-    key: str = "",
-    chunk_size: int | None = None,
-) -> dict:
-    """Summarize `documents` into `out_path` (JSONL, documents' order); return counts.
+class Summarizer:
+    """Generates summaries into the partial file `{out}.partial`, one record per document as it comes.
+
+    The file starts with the resume key; a partial file with another key (other settings, prompt, model or
+    inputs) is discarded, one with the same key keeps its records (a later record of an id wins: the float32
+    redo of a degenerate output)."""
+
+    def __init__(self, tokenizer, settings: dict, instruction: str, role: str, lang: str, out_path: Path, key: str):
+        if role not in ROLES:
+            raise ClinsumError(f"prompts.role must be one of {ROLES}, got {role!r}")
+        self.tokenizer, self.settings, self.instruction, self.role, self.lang = tokenizer, settings, instruction, role, lang
+        # the guard needs a precision to fall back to: nothing to do when the run is in float32 already
+        self.guard = bool(settings["guard"]) and _resolved(settings["dtype"]) != "float32"
+        self.partial_path = out_path.with_name(out_path.name + ".partial")
+        header = {"_resume": key}
+        self.appender = JsonlAppender(self.partial_path)
+        if self.appender.existing and self.appender.existing[0] != header:
+            log.info("%s: made with other settings, model or inputs; starting over", self.partial_path)
+            self.appender.close()
+            self.partial_path.unlink()
+            self.appender = JsonlAppender(self.partial_path)
+        if not self.appender.existing:
+            self.appender.write(header)
+        self.done = {record["id"]: record for record in self.appender.existing[1:]}
+
+    def run_pass(self, generator, documents: list[Document], fallback: bool) -> None:
+        """Generate one chunk and write its records; a NaN failure of the whole call marks it for the guard."""
+        settings = self.settings
+        encoded = [encode_cropped_prompt(self.tokenizer, self.instruction, doc.text, self.role,
+                                         settings["max_input_tokens"], "infer.max_input_tokens") for doc in documents]
+        started = time.perf_counter()
+        try:
+            completions = generator.generate(
+                [ids for ids, _ in encoded], max_new_tokens=settings["max_new_tokens"], temperature=settings["temperature"],
+                top_p=settings["top_p"], seed=settings["seed"], repetition_penalty=settings["repetition_penalty"],
+            )
+        except RuntimeError as error:
+            if fallback or not self.guard or not is_nan_error(error):
+                raise
+            completions = [f"generation failed: {error}"] * len(documents)
+        share = (time.perf_counter() - started) / len(documents)
+        for doc, (ids, truncated), completion in zip(documents, encoded, completions):
+            record = self.record(doc, ids, truncated, completion, share, fallback)
+            self.appender.write(record)
+            self.done[doc.id] = record
+
+    def record(self, doc: Document, ids, truncated: bool, completion, share: float, fallback: bool) -> dict:
+        if isinstance(completion, str):  # the whole call failed on NaN: redo in float32
+            return {"id": doc.id, "_redo": completion, "seconds": share}
+        earlier = self.done.get(doc.id, {}).get("seconds", 0.0) if fallback else 0.0
+        record = {
+            "id": doc.id, "lang": self.lang, "prediction": completion.text.strip(), "reference": doc.summary,
+            "finish_reason": completion.finish_reason, "prompt_tokens": len(ids),
+            "completion_tokens": len(completion.token_ids), "input_truncated": truncated,
+            "fp32_fallback": fallback, "seconds": round(share + earlier, 4),
+        }
+        reason = None if fallback else degenerate_reason(completion.text, completion.token_ids, completion.finish_reason)
+        if reason:
+            record["_redo" if self.guard else "_degenerate"] = reason
+        return record
+
+
+def predict(documents: list[Document], tokenizer, make_generator: Callable[[str], object], settings: dict,
+            instruction: str, role: str, lang: str, out_path, key: str = "", chunk_size: int | None = None) -> dict:
+    """Summarize `documents` into `out_path` (JSONL, documents' order); return counts. `settings` is the
+    config's infer section (the schema's defaults fill what it leaves out).
 
     `make_generator(dtype)` builds a `generation.Generator`; it is called with the configured dtype
     when there is something to generate, and with "float32" only if the guard has documents to redo.
     """
-    settings = {**DEFAULTS, **settings}
-    if role not in ROLES:
-        raise ClinsumError(f"prompts.role must be one of {ROLES}, got {role!r}")
-    dtype = settings["dtype"]
-    # the guard needs a precision to fall back to: nothing to do when the run is in float32 already
-    guard = bool(settings["guard"]) and _resolved(dtype) != "float32"
-    if chunk_size is None:
-        chunk_size = (
-            VLLM_CHUNK if settings["backend"] == "vllm" else TRANSFORMERS_CHUNK_BATCHES * settings["batch_size"]
-        )
-    if chunk_size < 1:
-        raise ClinsumError(f"chunk size must be at least 1, got {chunk_size}")
-    sampling = dict(
-        max_new_tokens=settings["max_new_tokens"],
-        temperature=settings["temperature"],
-        top_p=settings["top_p"],
-        seed=settings["seed"],
-        repetition_penalty=settings["repetition_penalty"],
+    settings = parse_settings({"infer": settings})["infer"]
+    chunk_size = chunk_size or (
+        VLLM_CHUNK if settings["backend"] == "vllm" else TRANSFORMERS_CHUNK_BATCHES * settings["batch_size"]
     )
     out_path = Path(out_path)
-    partial_path = out_path.with_name(out_path.name + ".partial")
-    header = {"_resume": key}
-
-    appender = JsonlAppender(partial_path)
-    if appender.existing and appender.existing[0] != header:
-        log.info("%s: made with other settings, model or inputs; starting over", partial_path)
-        appender.close()
-        partial_path.unlink()
-        appender = JsonlAppender(partial_path)
-    if not appender.existing:
-        appender.write(header)
-    done = {record["id"]: record for record in appender.existing[1:]}  # a later record of an id wins
-    if done:
-        log.info("resuming: %d of %d documents already generated", len(done), len(documents))
-
-    def prompts_of(batch: list[Document]) -> list[tuple[list[int], bool]]:
-        return [encode_cropped_prompt(
-            tokenizer, instruction, doc.text, role, settings["max_input_tokens"], "infer.max_input_tokens"
-        ) for doc in batch]
-
-    def run_pass(generator, batch_docs: list[Document], fallback: bool) -> None:
-        encoded = prompts_of(batch_docs)
-        started = time.perf_counter()
-        try:
-            completions = generator.generate([ids for ids, _ in encoded], **sampling)
-            failure = None
-        except RuntimeError as error:
-            if fallback or not guard or not is_nan_error(error):
-                raise
-            completions, failure = [None] * len(batch_docs), f"generation failed: {error}"
-        share = (time.perf_counter() - started) / len(batch_docs)
-        for doc, (ids, truncated), completion in zip(batch_docs, encoded, completions):
-            earlier = done.get(doc.id, {})
-            if completion is None:
-                record = {"id": doc.id, "_redo": failure, "seconds": share}
-            else:
-                record = {
-                    "id": doc.id,
-                    "lang": lang,
-                    "prediction": completion.text.strip(),
-                    "reference": doc.reference,
-                    "finish_reason": completion.finish_reason,
-                    "prompt_tokens": len(ids),
-                    "completion_tokens": len(completion.token_ids),
-                    "input_truncated": truncated,
-                    "fp32_fallback": fallback,
-                    "seconds": round(share + (earlier.get("seconds", 0.0) if fallback else 0.0), 4),
-                }
-                reason = (
-                    None
-                    if fallback
-                    else degenerate_reason(completion.text, completion.token_ids, completion.finish_reason)
-                )
-                if reason and guard:
-                    record["_redo"] = reason
-                elif reason:
-                    record["_degenerate"] = reason
-            appender.write(record)
-            done[doc.id] = record
-
-    generator = None
+    summarizer = Summarizer(tokenizer, settings, instruction, role, lang, out_path, key)
+    if summarizer.done:
+        log.info("resuming: %d of %d documents already generated", len(summarizer.done), len(documents))
     try:
-        pending = [doc for doc in documents if doc.id not in done]
-        for batch_docs in chunks(pending, chunk_size):
-            if generator is None:
-                log.info("loading the %s generator in %s", settings["backend"], dtype)
-                generator = make_generator(dtype)
-            run_pass(generator, batch_docs, fallback=False)
-            log.info("%s: %d/%d documents", lang, len(done), len(documents))
-        redo = [doc for doc in documents if "_redo" in done[doc.id]]
+        pending = [doc for doc in documents if doc.id not in summarizer.done]
+        generate_in_chunks(summarizer, make_generator, settings["dtype"], pending, chunk_size, fallback=False)
+        redo = [doc for doc in documents if "_redo" in summarizer.done[doc.id]]
         for doc in redo:
-            log.warning("guard: %s: %s; redoing it in float32", doc.id, done[doc.id]["_redo"])
-        if redo:
-            if generator is not None:
-                generator.close()  # before the float32 one is loaded: two engines may not fit together
-                generator = None
-            log.info("loading the %s generator in float32 for %d document(s)", settings["backend"], len(redo))
-            generator = make_generator("float32")
-            for batch_docs in chunks(redo, chunk_size):
-                run_pass(generator, batch_docs, fallback=True)
+            log.warning("guard: %s: %s; redoing it in float32", doc.id, summarizer.done[doc.id]["_redo"])
+        generate_in_chunks(summarizer, make_generator, "float32", redo, chunk_size, fallback=True)
     finally:
-        if generator is not None:
-            generator.close()
-        appender.close()
-
-    records = [done[doc.id] for doc in documents]
+        summarizer.appender.close()
+    records = [summarizer.done[doc.id] for doc in documents]
     write_jsonl(out_path, (public_record(record) for record in records))
-    partial_path.unlink()
+    summarizer.partial_path.unlink()
+    return report_counts(records, settings)
+
+
+def generate_in_chunks(summarizer: Summarizer, make_generator, dtype: str, documents: list[Document],
+                       chunk_size: int, fallback: bool) -> None:
+    """One generator (loaded only if there is something to generate), chunk after chunk, closed at the end:
+    the float32 one of the guard is loaded after the first is closed (two engines may not fit together)."""
+    if not documents:
+        return
+    log.info("loading the %s generator in %s for %d document(s)", summarizer.settings["backend"], dtype, len(documents))
+    generator = make_generator(dtype)
+    try:
+        for batch in chunks(documents, chunk_size):
+            summarizer.run_pass(generator, batch, fallback)
+            log.info("%s: %d documents written", summarizer.lang, len(summarizer.done))
+    finally:
+        generator.close()
+
+
+def report_counts(records: list[dict], settings: dict) -> dict:
     counts = {
         "documents": len(records),
         "input_truncated": sum(r["input_truncated"] for r in records),
@@ -271,8 +189,7 @@ def predict(
     if counts["degenerate_kept"]:
         log.warning(
             "%d output(s) look degenerate (repeats, empty at the length limit); the guard is %s",
-            counts["degenerate_kept"],
-            "off" if not settings["guard"] else "idle (the run is in float32 already)",
+            counts["degenerate_kept"], "off" if not settings["guard"] else "idle (the run is in float32 already)",
         )
     log.info("counts: %s", json.dumps(counts))
     return counts
@@ -288,25 +205,16 @@ def _warn_on_context(model_dir, settings: dict) -> None:
     """The model or engine cannot see max_input_tokens + max_new_tokens: say so before hours of work."""
     need = settings["max_input_tokens"] + settings["max_new_tokens"]
     config_path = Path(model_dir) / "config.json"
-    if config_path.is_file():
-        limit = read_json(config_path).get("max_position_embeddings")
-        if limit and need > limit:
-            log.warning(
-                "max_input_tokens + max_new_tokens = %d exceeds the model's max_position_embeddings %d",
-                need,
-                limit,
-            )
-    engine_limit = (settings.get("vllm") or {}).get("max_model_len")
+    limit = read_json(config_path).get("max_position_embeddings") if config_path.is_file() else None
+    if limit and need > limit:
+        log.warning("max_input_tokens + max_new_tokens = %d exceeds the model's max_position_embeddings %d", need, limit)
+    engine_limit = settings["vllm"].get("max_model_len")
     if settings["backend"] == "vllm" and engine_limit and need > engine_limit:
         log.warning("max_input_tokens + max_new_tokens = %d exceeds vllm.max_model_len %d", need, engine_limit)
 
 
 def run(args) -> None:
-    try:
-        settings = {**DEFAULTS, **json.loads(args.settings)}
-    except json.JSONDecodeError as error:
-        raise ClinsumError(f"--settings is not valid JSON ({error.msg})") from None
-    settings.pop("resources", None)  # scheduling only: never part of the resume key
+    settings = parse_settings(args.settings)["infer"]
     if not (Path(args.model_dir) / "config.json").is_file():
         raise ClinsumError(f"{args.model_dir}: not a model directory (no config.json)")
     documents = load_test_documents(args.corpus, args.split, args.lang)
@@ -321,26 +229,15 @@ def run(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
-
     # vLLM's context: the longest prompt and the longest answer, unless the config sets it
-    engine = {"max_model_len": settings["max_input_tokens"] + settings["max_new_tokens"], **(settings.get("vllm") or {})}
+    engine = {"max_model_len": settings["max_input_tokens"] + settings["max_new_tokens"], **settings["vllm"]}
 
     def make_generator(dtype: str):
         return load_generator(settings["backend"], args.model_dir, dtype=dtype, batch_size=settings["batch_size"], vllm=engine)
 
-    key = resume_key(args.model_dir, settings, args.instruction, args.role, args.corpus, args.split)
-    predict(
-        documents,
-        tokenizer,
-        make_generator,
-        settings,
-        args.instruction,
-        args.role,
-        args.lang,
-        args.out,
-        key=key,
-        chunk_size=args.chunk_size,
-    )
+    key = fingerprint([settings, args.instruction, args.role], files=[args.model_dir, args.corpus, args.split])
+    predict(documents, tokenizer, make_generator, settings, args.instruction, args.role, args.lang, args.out,
+            key=key, chunk_size=args.chunk_size)
 
 
 def add_cli(subparsers) -> None:
@@ -354,9 +251,9 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--corpus", required=True, help="results/corpus/{lang}.jsonl")
     parser.add_argument("--split", required=True, help="results/split/{lang}.json (its `test` ids are summarized)")
     parser.add_argument("--lang", required=True, help="language code of the corpus, e.g. en")
-    parser.add_argument("--settings", default="{}", help="the config's `infer` section as JSON")
+    parser.add_argument("--settings", required=True, help='JSON: {"infer": <the config\'s infer section>}')
     parser.add_argument("--instruction", required=True, help="the summarization prompt (prompts.summarize[lang])")
-    parser.add_argument("--role", default="system", choices=ROLES, help="turn that carries the instruction")
+    parser.add_argument("--role", required=True, choices=ROLES, help="turn that carries the instruction (prompts.role)")
     parser.add_argument("--out", required=True, help="output JSONL, results/predictions/{model}/{lang}.jsonl")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     parser.add_argument(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -16,6 +17,22 @@ os.umask(_UMASK)
 
 class ClinsumError(Exception):
     """A user-facing error: the CLI prints its message (which names the file) and exits 1."""
+
+
+def fingerprint(values, files=(), code_files=()) -> str:
+    """A digest of what a resumable job's output depends on: `values` (settings, prompts; as JSON), the
+    versions (size, modification time) of `files` (a directory stands for every file under it), and the
+    content of `code_files`. Partial work made under another digest is discarded."""
+    versions = []
+    for path in map(Path, files):
+        members = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for member in members:
+            stat = member.stat()
+            versions.append([str(member), stat.st_size, stat.st_mtime_ns])
+    digest = hashlib.sha256(json.dumps([values, versions], sort_keys=True, ensure_ascii=False, default=str).encode())
+    for path in code_files:
+        digest.update(b"\0" + Path(path).read_bytes())
+    return digest.hexdigest()
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:

@@ -28,6 +28,7 @@ from pathlib import Path
 from .chat import build_messages, encode_prompt
 from .io import ClinsumError, write_json
 from .predictions import load_predictions, load_sources
+from .settings import parse_settings
 
 log = logging.getLogger(__name__)
 
@@ -238,10 +239,7 @@ def judge_file(
 
 
 def _run(args) -> None:
-    try:
-        settings = json.loads(args.settings)
-    except json.JSONDecodeError as error:
-        raise ClinsumError(f"--settings: invalid JSON ({error.msg})") from None
+    settings = parse_settings(args.settings)["judge"]
     if args.threads:
         import torch
 

@@ -353,7 +353,7 @@ def build_model(spec: dict, out_dir: str | Path, source_dir: str | Path | None =
     elif build == "prune":
         build_pruned(Path(source_dir), out_dir, int(spec["keep_every"]))
     elif build == "random":
-        build_random(Path(source_dir), out_dir, dict(spec.get("config", {})), int(spec.get("seed", 0)))
+        build_random(Path(source_dir), out_dir, dict(spec.get("config") or {}), int(spec["seed"]))
     elif build == "qwen-tiktoken":
         build_qwen_skeleton(package_path(spec["package"], spec["file"]), out_dir)
     else:

@@ -19,20 +19,11 @@ from pathlib import Path
 
 from .batching import optimizer_plan
 from .io import ClinsumError, read_json, read_jsonl
-from .settings import parse_config
+from .settings import merge, parse_config
 
 log = logging.getLogger(__name__)
 
 SEQUENCES = {"standard": 1, "distil": 2, "distil_kl": 2}  # a document's sequences per variant
-
-
-def merge(base: dict, update: dict) -> dict:
-    """`update` merged into `base` key by key (nested dicts merged, everything else replaced), as Snakemake
-    merges a --configfile over the Snakefile's configfile."""
-    merged = dict(base)
-    for key, value in update.items():
-        merged[key] = merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
-    return merged
 
 
 def load_config(configfiles: list[str | Path], base: str | Path | None) -> dict:
@@ -96,7 +87,7 @@ def teacher_prompts_over(config: dict, corpus_dir: Path, split_dir: Path) -> dic
     teacher = config["teacher"]
     limit = teacher["max_prompt_tokens"]
     result = {"max_prompt_tokens": limit, "on_long_prompt": teacher["on_long_prompt"]}
-    model_dir = Path(model_path(teacher["model"], config.get("models", {})))
+    model_dir = Path(model_path(teacher["model"], config["models"]))
     languages = config["languages"]
     missing = [p for p in [model_dir / "tokenizer_config.json"] + [corpus_dir / f"{lang}.jsonl" for lang in languages]
                + [split_dir / f"{lang}.json" for lang in languages] if not p.is_file()]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 
 from .io import ClinsumError
+from .settings import parse_settings
 
 # The Table 4 columns every protocol computes; `official` names those the protocol's own scorer reports.
 ALL_COLUMNS = (
@@ -120,8 +121,7 @@ def resolve(section: dict, lang: str) -> dict:
     language's encoder but not its layer leaves `num_layers` None (found from the new encoder later): the
     protocol's layer belongs to the protocol's encoder.
     """
-    if "protocol" not in section:
-        raise ClinsumError("evaluate.protocol is missing (the config schema sets it)")
+    section = parse_settings({"evaluate": section}, "evaluate")["evaluate"]
     name = section["protocol"]
     preset = protocol(name)
     parts = protocol_parts(name, lang)
@@ -136,8 +136,9 @@ def resolve(section: dict, lang: str) -> dict:
     own_layers = _get(section, "bertscore.num_layers")[1]
     if not own_layers and parts["bertscore.model"] != protocol_parts(name, lang)["bertscore.model"]:
         parts["bertscore.num_layers"] = None
-    resolved = {key: copy.deepcopy(value) for key, value in section.items() if key != "bertscore"}
-    resolved["bertscore"] = dict(section.get("bertscore", {}))
+    # the bootstrap and resources are the report's and the scheduler's, not how a language is scored
+    resolved = {key: copy.deepcopy(value) for key, value in section.items() if key not in ("bertscore", "bootstrap", "resources")}
+    resolved["bertscore"] = dict(section["bertscore"])
     for part, value in parts.items():
         if "." in part:
             resolved["bertscore"][part.split(".", 1)[1]] = value

@@ -27,6 +27,7 @@ import re
 from pathlib import Path
 
 from .io import ClinsumError, atomic_path, read_json, write_json
+from .settings import parse_settings
 from .predictions import load_predictions
 from .trainlog import plot_curves, read_log
 
@@ -763,15 +764,12 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
 
 
 def _run_report(args) -> None:
-    try:
-        settings = json.loads(args.settings)
-    except json.JSONDecodeError as error:
-        raise ClinsumError(f"--settings: invalid JSON ({error.msg})") from None
-    bootstrap = settings.get("bootstrap", {})
+    settings = parse_settings(args.settings)
+    bootstrap = settings["evaluate"]["bootstrap"]
     logs = {name: Path(path) for name, path in _pairs(args.train_log, "--train-log").items()}
+    models = ["base", *settings["train"]["variants"]]
     build_report(
-        args.eval, logs, settings["models"], settings["languages"], args.out_dir,
-        int(bootstrap.get("samples", 1000)), int(bootstrap.get("seed", 42)), args.judge,
+        args.eval, logs, models, settings["languages"], args.out_dir, bootstrap["samples"], bootstrap["seed"], args.judge,
     )
 
 

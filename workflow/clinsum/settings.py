@@ -54,6 +54,15 @@ def _validator(partial: bool):
     return filling(_without_required(schema()) if partial else schema())
 
 
+def schema_default(path: str):
+    """The schema's default of a key given as a dotted path of properties ("corpus.synthetic.gold"), for a
+    command line that mirrors a config section."""
+    node = schema()
+    for key in path.split("."):
+        node = node["properties"][key]
+    return node["default"]
+
+
 def parse_settings(settings: str | dict, source: str = "--settings") -> dict:
     """`settings` (JSON text or a dict, shaped as config.yaml) validated, with the schema's defaults filled in
     for every section it gives; an invalid value stops with the key that is wrong and why."""
@@ -82,3 +91,12 @@ def _validated(document: dict, partial: bool, source: str) -> dict:
         key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
         raise ClinsumError(f"{source}: {key}: {error.message}")
     return filled
+
+
+def merge(base: dict, update: dict) -> dict:
+    """`update` merged into `base` key by key (nested dicts merged, everything else replaced), as Snakemake
+    merges a --configfile over the Snakefile's configfile."""
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged

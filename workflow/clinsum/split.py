@@ -13,11 +13,11 @@ import hashlib
 import logging
 from pathlib import Path
 
-from .io import ClinsumError, read_jsonl, write_json
+from .io import ClinsumError
+from .records import SPLITS, iter_documents, write_split
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "valid", "test")
 
 
 def unit_hash(doc_id: str, seed: int) -> float:
@@ -71,9 +71,9 @@ def split_documents(documents: list[tuple[str, bool]], fractions: dict, seed: in
 
 
 def split_language(corpus_path: str | Path, out_path: str | Path, lang: str, fractions: dict, seed: int) -> dict:
-    documents = [(r["id"], r.get("summary") is not None) for r in read_jsonl(corpus_path)]
+    documents = [(document.id, document.summary is not None) for _, document in iter_documents(corpus_path)]
     result = split_documents(documents, fractions, seed)
-    write_json(out_path, {"lang": lang, "seed": seed, "fractions": fractions, **result})
+    write_split(out_path, lang, seed, fractions, result)
     log.info("%s: %s", lang, ", ".join(f"{name} {len(result[name])}" for name in SPLITS))
     return result
 
@@ -87,9 +87,9 @@ def add_cli(subparsers) -> None:
     parser = subparsers.add_parser("split", help="train/valid/test split of one language by id hash")
     parser.add_argument("--corpus", required=True, help="results/corpus/{lang}.jsonl")
     parser.add_argument("--lang", required=True)
-    parser.add_argument("--train", type=float, default=0.80, help="train fraction")
-    parser.add_argument("--valid", type=float, default=0.01, help="valid fraction")
-    parser.add_argument("--test", type=float, default=0.19, help="test fraction")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--train", type=float, required=True, help="train fraction (split.train)")
+    parser.add_argument("--valid", type=float, required=True, help="valid fraction (split.valid)")
+    parser.add_argument("--test", type=float, required=True, help="test fraction (split.test)")
+    parser.add_argument("--seed", type=int, required=True, help="hash seed (split.seed)")
     parser.add_argument("--out", required=True, help="results/split/{lang}.json")
     parser.set_defaults(func=_run)

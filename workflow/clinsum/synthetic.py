@@ -48,6 +48,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .io import ClinsumError, write_json
+from .settings import schema_default
 
 log = logging.getLogger(__name__)
 
@@ -366,11 +367,12 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--out", required=True,
                         help="folder to write: new, empty, or an earlier synthetic corpus (whose files are replaced)")
     parser.add_argument("--languages", nargs="+", default=list(TABLE1), help="languages to write, of en es fr pt (default: all four)")
-    parser.add_argument("--gold", type=_count, default=592,
+    parser.add_argument("--gold", type=_count, default=schema_default("corpus.synthetic.gold"),
                         help="gold pairs per language, as multiclinsum_gs_train_{lang}/ (default: %(default)s, as in MultiClinSum)")
-    parser.add_argument("--test", type=_count, default=0,
+    parser.add_argument("--test", type=_count, default=schema_default("corpus.synthetic.test"),
                         help="test-layout reports per language, as multiclinsum_test_{lang}/ (no summaries; default: %(default)s)")
-    parser.add_argument("--large-scale", type=_count, default=0,
+    parser.add_argument("--large-scale", type=_count, default=schema_default("corpus.synthetic.large_scale"),
                         help="large-scale pairs per language, as one multiclinsum_ls_train_{lang}.zip each (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=42, help="seed of lengths and sentence order (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=schema_default("corpus.synthetic.seed"),
+                        help="seed of lengths and sentence order (default: %(default)s)")
     parser.set_defaults(func=_run)

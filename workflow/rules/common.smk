@@ -13,25 +13,31 @@ from clinsum import sources as clinsum_sources
 from clinsum.io import ClinsumError
 
 LANGS = config["languages"]
-NAMED_MODELS = config.get("models", {})
+NAMED_MODELS = config["models"]
 
 # Rules run the stages as `python -m clinsum` with this checkout's code, in whichever environment runs
 # the job: the one Snakemake runs in, or a rule's conda environment (`--sdm conda`).
 shell.prefix(f"export PYTHONPATH={CODE.parent}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
 
-def check_teacher_gpus():
-    """On GPUs, vLLM's tensor parallelism must use exactly the GPUs the job is given."""
-    teacher = config["teacher"]
-    gpus = teacher.get("resources", {}).get("gpu", 1)
-    tp = teacher.get("vllm", {}).get("tensor_parallel_size", 1)
-    if teacher.get("backend", "vllm") == "vllm" and gpus > 0 and gpus != tp:
+def check_tensor_parallel_gpus(section):
+    """On GPUs, vLLM's tensor parallelism must use exactly the GPUs a section's jobs are given."""
+    settings = config[section]
+    gpus = rule_resources(section, "gpu", 1)
+    tp = settings["vllm"]["tensor_parallel_size"]
+    if settings["backend"] == "vllm" and gpus > 0 and gpus != tp:
         raise WorkflowError(
-            f"teacher.resources.gpu ({gpus}) must equal teacher.vllm.tensor_parallel_size ({tp})"
+            f"{section}.resources.gpu ({gpus}) must equal {section}.vllm.tensor_parallel_size ({tp})"
         )
 
 
-check_teacher_gpus()
+def rule_resources(section, key, default):
+    """A job resource from the `resources` of a config section (resources have no schema defaults: each
+    rule declares its own)."""
+    return config[section].get("resources", {}).get(key, default)
+
+
+check_tensor_parallel_gpus("teacher")
 
 
 def code(module):
@@ -72,7 +78,7 @@ def used_layouts():
     }
 
 
-SYNTHETIC = config.get("corpus", {}).get("synthetic")
+SYNTHETIC = config["corpus"].get("synthetic")
 
 
 def check_synthetic_is_a_source():
@@ -164,7 +170,7 @@ def stage_python(section):
     """The interpreter that runs a section's jobs: `python` on PATH (a rule's conda environment under
     `--sdm conda`), or the section's `python`, e.g. a separate vLLM environment (`.venv-vllm/bin/python`).
     """
-    python = config.get(section, {}).get("python", "python")
+    python = config[section]["python"]
     if "/" in python and not Path(python).exists():
         raise WorkflowError(
             f"config {section}.python: {python} does not exist"
@@ -179,11 +185,6 @@ def stage_python(section):
 
 # keys of a section that say how a job runs, not what it computes
 JOB_KEYS = ("resources", "python")
-
-
-def rule_resources(section, key, default):
-    """A job resource from the `resources` of a config section (a section may be absent)."""
-    return config.get(section, {}).get("resources", {}).get(key, default)
 
 
 def gpu_model_resource(section):
@@ -221,7 +222,7 @@ def crop_teacher_input(wildcards):
 def crop_settings():
     return {
         **config["crop"],
-        "role": config["prompts"].get("role", "system"),
+        "role": config["prompts"]["role"],
         "extract": config["prompts"]["extract"],
         "summarize": config["prompts"]["summarize"],
         "train_summarize": config["prompts"].get("train_summarize"),
@@ -243,7 +244,7 @@ def model_source(wildcards):
 
 # ---------------------------------------------------------------- teacher
 
-TEACHER_TOPK = config["teacher"].get("top_logprobs", 0) > 0
+TEACHER_TOPK = config["teacher"]["top_logprobs"] > 0
 
 
 def check_kl_has_teacher_topk():
@@ -267,7 +268,7 @@ def teacher_settings():
             if key not in JOB_KEYS
         },
         "extract": config["prompts"]["extract"],
-        "role": config["prompts"].get("role", "system"),
+        "role": config["prompts"]["role"],
     }
 
 
@@ -375,7 +376,11 @@ def summarize_prompt(lang):
 
 def infer_settings():
     """What changes the predictions (not the resources a job asks for)."""
-    return {key: value for key, value in config["infer"].items() if key not in JOB_KEYS}
+    return {
+        "infer": {
+            key: value for key, value in config["infer"].items() if key not in JOB_KEYS
+        }
+    }
 
 
 INFER_GPU_MODEL = gpu_model_resource("infer")
@@ -398,14 +403,14 @@ def evaluate_settings(lang):
         if key not in EVALUATE_JOB_KEYS
     }
     try:
-        return clinsum_protocols.resolve(section, lang)
+        return {"evaluate": clinsum_protocols.resolve(section, lang)}
     except ClinsumError as error:
         raise WorkflowError(f"config: {error}")
 
 
 def bertscore_encoder(lang):
     """The BERTScore encoder's local directory for one language (a protocol may name one per language)."""
-    return model_input(evaluate_settings(lang)["bertscore"]["model"])
+    return model_input(evaluate_settings(lang)["evaluate"]["bertscore"]["model"])
 
 
 # Resolved for every language at start: a bad protocol part stops the run before any job.
@@ -416,22 +421,13 @@ def bertscore_model_input(wildcards):
     return BERTSCORE_MODELS[wildcards.lang]
 
 
-JUDGE = config.get("judge", {})
-JUDGE_ON = JUDGE.get("enabled") is True
+JUDGE = config["judge"]
+JUDGE_ON = JUDGE["enabled"]
 JUDGE_GPU_MODEL = gpu_model_resource("judge")
 
 
-def check_judge_gpus():
-    """On GPUs, vLLM's tensor parallelism must use exactly the GPUs the judge job is given."""
-    gpus = JUDGE.get("resources", {}).get("gpu", 1)
-    tp = JUDGE.get("vllm", {}).get("tensor_parallel_size", 1)
-    if JUDGE_ON and JUDGE.get("backend") == "vllm" and gpus > 0 and gpus != tp:
-        raise WorkflowError(
-            f"judge.resources.gpu ({gpus}) must equal judge.vllm.tensor_parallel_size ({tp})"
-        )
-
-
-check_judge_gpus()
+if JUDGE_ON:
+    check_tensor_parallel_gpus("judge")
 
 
 def judge_model_input(wildcards):
@@ -441,9 +437,11 @@ def judge_model_input(wildcards):
 def judge_settings():
     """What changes the judge's scores (not how its jobs run)."""
     return {
-        key: value
-        for key, value in JUDGE.items()
-        if key not in JOB_KEYS + ("enabled", "model")
+        "judge": {
+            key: value
+            for key, value in JUDGE.items()
+            if key not in JOB_KEYS + ("enabled", "model")
+        }
     }
 
 

@@ -68,7 +68,7 @@ rule split:
         train=config["split"]["train"],
         valid=config["split"]["valid"],
         test=config["split"]["test"],
-        seed=config["split"].get("seed", 42),
+        seed=config["split"]["seed"],
     shell:
         "python -m clinsum split --corpus {input.corpus} --lang {wildcards.lang} --train {params.train}"
         " --valid {params.valid} --test {params.test} --seed {params.seed} --out {output} > {log} 2>&1"

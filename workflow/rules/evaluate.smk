@@ -87,9 +87,9 @@ rule report:
     params:
         settings=as_json(
             {
-                "models": EVAL_MODELS,
                 "languages": LANGS,
-                "bootstrap": config["evaluate"].get("bootstrap", {}),
+                "train": {"variants": config["train"]["variants"]},
+                "evaluate": {"bootstrap": config["evaluate"]["bootstrap"]},
             }
         ),
         train_logs=lambda wildcards, input: " ".join(

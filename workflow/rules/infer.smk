@@ -22,7 +22,7 @@ rule infer:
         python=stage_python("infer"),
         settings=as_json(infer_settings()),
         instruction=lambda wildcards: summarize_prompt(wildcards.lang),
-        role=config["prompts"].get("role", "system"),
+        role=config["prompts"]["role"],
     shell:
         "{params.python:q} -m clinsum infer --model-dir {input.model:q} --corpus {input.corpus} --split {input.split}"
         " --lang {wildcards.lang} --settings {params.settings:q} --instruction {params.instruction:q}"

@@ -9,16 +9,14 @@ to a fingerprint of the inputs, settings and training code: any change discards 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..codegraph import closure_files
+from ..io import fingerprint as io_fingerprint
 from ..io import read_json, write_json
 from ..trainlog import read_log, write_log
-from .data import dir_signature, file_signature
 
 
 @dataclass
@@ -38,15 +36,11 @@ class Progress:
 def fingerprint(train_path, valid_path, model_dir, settings, teacher_topk, answer_budget) -> str:
     """What a resume state belongs to: input file versions, settings (the variant among them) and the code
     training runs (the train package and every module it imports)."""
-    digest = hashlib.sha256()
-    parts = [json.dumps(asdict(settings), sort_keys=True), str(answer_budget)]
-    parts += [file_signature(Path(train_path)), file_signature(Path(valid_path)), dir_signature(Path(model_dir))]
-    parts += [file_signature(Path(path)) for path in sorted(teacher_topk)]
-    parts += [path.read_text(encoding="utf-8") for path in closure_files("train")]
-    for part in parts:
-        digest.update(part.encode("utf-8"))
-        digest.update(b"\0")
-    return digest.hexdigest()
+    return io_fingerprint(
+        [asdict(settings), answer_budget],
+        files=[train_path, valid_path, model_dir, *sorted(teacher_topk)],
+        code_files=closure_files("train"),
+    )
 
 
 def rng_state(device) -> dict:

@@ -8,20 +8,11 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..chat import build_messages, encode_example, encode_prompt
-from ..io import ClinsumError, read_jsonl
+from ..io import ClinsumError, fingerprint, read_jsonl
 from ..losses import TASK_ID, teacher_answer_ids
 
 TASKS_OF = {"standard": ("summarize",), "distil": ("summarize", "extract"), "distil_kl": ("summarize", "extract")}
 PROBE_TEXT = "Paciente de 45 años, diagnóstico: neumonía; résumé clinique — 3.5 mg/kg, IL-6 ↑. Résultats normaux."
-
-
-def file_signature(path: Path) -> str:
-    stat = path.stat()
-    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-
-
-def dir_signature(path: Path) -> str:
-    return "|".join(file_signature(p) for p in sorted(Path(path).rglob("*")) if p.is_file())
 
 
 @lru_cache(maxsize=4)
@@ -103,7 +94,7 @@ def tokenized_dataset(path, tokenizer_dir, variant, cache_dir, answer_budget=Non
     text = datasets.Value("string")
     raw = datasets.Dataset.from_generator(
         _raw_records,
-        gen_kwargs={"path": str(path), "signature": file_signature(path), "variant": variant},
+        gen_kwargs={"path": str(path), "signature": fingerprint(None, files=[path]), "variant": variant},
         features=datasets.Features(
             {"id": text, "lang": text, "task": text, "messages": text,
              "teacher_token_ids": datasets.Sequence(datasets.Value("int32"))}
@@ -119,7 +110,7 @@ def tokenized_dataset(path, tokenizer_dir, variant, cache_dir, answer_budget=Non
         batch_size=256,
         fn_kwargs={
             "tokenizer_dir": str(tokenizer_dir),
-            "tokenizer_signature": dir_signature(tokenizer_file if tokenizer_file.exists() else tokenizer_dir),
+            "tokenizer_signature": fingerprint(None, files=[tokenizer_file if tokenizer_file.exists() else tokenizer_dir]),
             "variant": variant,
             "answer_budget": answer_budget,
             "source": str(path),
