@@ -152,6 +152,53 @@ def test_stage_code_change_reruns_that_stage_and_what_follows(tiny_run):
     assert jobs == downstream_of_models(MODELS)
 
 
+# the module each rule runs (`python -m clinsum <command>`); clinsum.codegraph gives its import closure
+RULE_MODULES = {
+    "ingest": "ingest", "split": "split", "build_model": "models", "teacher": "teacher", "teacher_gather": "teacher",
+    "teacher_summary": "teacher", "crop": "crop", "train": "train", "infer": "infer", "evaluate": "evaluate",
+    "report": "report", "submission": "report",
+}
+
+
+def test_every_module_reruns_exactly_the_rules_that_import_it(tiny_run):
+    """For every module of the package, the rules whose jobs list it among their inputs (what a change to it
+    reruns) are the rules whose module imports it, directly or not (or runs it: the entry point)."""
+    from clinsum import codegraph
+
+    result = snakemake(tiny_run, "--detailed-summary", "--configfile", "config/tiny.yaml")
+    assert result.returncode == 0, result.stderr
+    code_dir = tiny_run / "workflow" / "clinsum"
+    inputs_of: dict[str, set[str]] = {}
+    for line in result.stdout.splitlines()[1:]:
+        fields = line.split("\t")
+        rule, inputs = fields[2], fields[4]
+        modules = {str(Path(f).relative_to(code_dir).with_suffix("")).replace("/", ".").removesuffix(".__init__")
+                   for f in inputs.split(",") if f.startswith(str(code_dir))}
+        inputs_of.setdefault(rule, set()).update(modules)
+    assert set(RULE_MODULES) <= set(inputs_of), sorted(set(RULE_MODULES) - set(inputs_of))
+    for module in codegraph.all_modules():
+        rerun = {rule for rule in RULE_MODULES if module in inputs_of[rule]}
+        importers = {rule for rule, own in RULE_MODULES.items()
+                     if module in codegraph.closure(own) or module in codegraph.closure("__main__")}
+        assert rerun == importers, module
+    # the one floor: a stage's jobs run no other stage's module
+    assert "teacher" not in inputs_of["crop"] and "crop" not in inputs_of["infer"] and "evaluate" not in inputs_of["report"]
+
+
+def test_a_shared_module_change_reruns_every_stage_that_uses_it(tiny_run):
+    module = tiny_run / "workflow" / "clinsum" / "degeneration.py"  # infer's guard and evaluate's flags
+    original = module.read_text()
+    try:
+        module.write_text(original + "\n# a change\n")
+        jobs = planned_jobs(tiny_run)
+    finally:
+        module.write_text(original)
+        stamp = (tiny_run / "results" / "corpus" / "manifest.json").stat().st_mtime
+        os.utime(module, (stamp, stamp))
+    assert {rule for rule, _ in jobs} == {"infer", "evaluate", "submission", "report"}
+    assert jobs == downstream_of_models(MODELS)
+
+
 def test_stage_python_runs_the_teacher_and_infer_jobs(tiny_run):
     """`teacher.python` / `infer.python` (e.g. a separate vLLM environment) run those jobs and no other."""
     env_bin = tiny_run / "vllm env" / "bin"  # a space in the path: the command must quote it
