@@ -79,12 +79,12 @@ class Spread:
 # ---------------------------------------------------------------------------------------------
 # cropping batches, in this process or in workers
 
-_worker: dict = {}
+_worker: dict = {}  # a worker's cropper: inherited from the parent where processes fork, else loaded
 
 
 def _start_worker(tokenizer_dir: str, settings: dict) -> None:
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already
-    _worker["cropper"] = _cropper(tokenizer_dir, settings)
+    if "cropper" not in _worker:
+        _worker["cropper"] = _cropper(tokenizer_dir, settings)
 
 
 def _crop_in_worker(examples: list[tuple[str, str, str]]) -> tuple[list[CroppedExample], int]:
@@ -105,20 +105,26 @@ def crop_batches(
 ) -> Iterator[tuple[list[CroppedExample], int]]:
     """(cropped examples, how many took the per-document path) for each batch of (instruction, report,
     answer), in order; with workers > 1, in that many processes, a few batches in flight at a time."""
+    if workers > 1:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # a process per core already; and the workers fork
+    cropper = _cropper(tokenizer_dir, settings)
     if workers <= 1:
-        cropper = _cropper(tokenizer_dir, settings)
         for batch in batches:
             before = cropper.fallbacks
             yield cropper.crop(batch), cropper.fallbacks - before
         return
-    with ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(str(tokenizer_dir), settings)) as pool:
-        pending: deque = deque()
-        for batch in batches:
-            pending.append(pool.submit(_crop_in_worker, batch))
-            if len(pending) >= 2 * workers:
+    _worker["cropper"] = cropper
+    try:
+        with ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(str(tokenizer_dir), settings)) as pool:
+            pending: deque = deque()
+            for batch in batches:
+                pending.append(pool.submit(_crop_in_worker, batch))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
                 yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+    finally:
+        _worker.clear()
 
 
 def reference_batches(batches: Iterable[list[tuple[str, str, str]]], tokenizer_dir, settings: dict):

@@ -581,7 +581,7 @@ def spread(loads: list[tuple[int, int]]) -> dict:
 
 def summarize(paths: list[str | os.PathLike]) -> dict:
     """Per language: records, empty outputs, outputs cut by the token limit, retried, reports cropped to
-    fit teacher.max_prompt_tokens, tokens, seconds."""
+    fit teacher.max_prompt_tokens, tokens, seconds, and the spread of documents and prompt tokens over shards."""
     summary = {}
     for path in paths:
         counts = {"records": 0, "empty": 0, "length": 0, "retried": 0, "prompt_cropped": 0, "completion_tokens": 0, "seconds": 0.0}
@@ -695,7 +695,9 @@ def add_cli(subparsers) -> None:
     merge.add_argument("--topk-out", help="results/teacher/{lang}.topk.safetensors")
     merge.set_defaults(func=_gather)
 
-    summary = commands.add_parser("summary", help="per-language counts of empty, truncated and retried outputs")
+    summary = commands.add_parser(
+        "summary", help="per-language counts of empty, truncated and retried outputs; the load's spread over shards"
+    )
     summary.add_argument("--inputs", nargs="+", required=True, help="results/teacher/{lang}.jsonl files")
     summary.add_argument("--out", required=True, help="results/teacher/summary.json")
     summary.set_defaults(func=_summary)
