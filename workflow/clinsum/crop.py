@@ -158,18 +158,20 @@ def _documents(corpus_path: Path, split_path: Path, lang: str, stats: dict) -> I
             yield record, name
 
 
-def _specs(corpus_dir, split_dir, languages, settings: dict, teacher_dir, stats: dict, stack: ExitStack):
+def _specs(corpus_dir, split_dir, languages, settings: dict, teacher_dir, stats: dict):
     """(lang, split name, task, record, instruction, stripped answer, teacher record) of each example, in order."""
     for lang in languages:
-        teacher = stack.enter_context(JsonlIndex(Path(teacher_dir) / f"{lang}.jsonl")) if teacher_dir else None
-        summarize = settings.get("train_summarize") or settings["summarize"][lang]
-        for record, name in _documents(Path(corpus_dir) / f"{lang}.jsonl", Path(split_dir) / f"{lang}.json", lang, stats):
-            yield lang, name, "summarize", record, summarize, record["summary"].strip(), None
-            if teacher is not None:
-                key_info = teacher.get(record["id"])
-                if key_info is None:
-                    raise ClinsumError(f"{teacher.path}: no teacher record for {record['id']}")
-                yield lang, name, "extract", record, settings["extract"], key_info["key_info"].strip(), key_info
+        with ExitStack() as stack:
+            teacher = stack.enter_context(JsonlIndex(Path(teacher_dir) / f"{lang}.jsonl")) if teacher_dir else None
+            summarize = settings.get("train_summarize") or settings["summarize"][lang]
+            corpus, split = Path(corpus_dir) / f"{lang}.jsonl", Path(split_dir) / f"{lang}.json"
+            for record, name in _documents(corpus, split, lang, stats):
+                yield lang, name, "summarize", record, summarize, record["summary"].strip(), None
+                if teacher is not None:
+                    key_info = teacher.get(record["id"])
+                    if key_info is None:
+                        raise ClinsumError(f"{teacher.path}: no teacher record for {record['id']}")
+                    yield lang, name, "extract", record, settings["extract"], key_info["key_info"].strip(), key_info
 
 
 def _batched(items: Iterable, size: int) -> Iterator[list]:
@@ -221,7 +223,7 @@ def crop_corpus(
     started, examples, fallbacks = time.perf_counter(), 0, 0
     with ExitStack() as stack:
         files = {name: stack.enter_context(atomic_path(out_dir / f"{name}.jsonl")) for name in TRAIN_SPLITS}
-        specs = _specs(corpus_dir, split_dir, languages, settings, teacher_dir, stats, stack)
+        specs = _specs(corpus_dir, split_dir, languages, settings, teacher_dir, stats)
         in_flight: deque = deque()  # the specs of batches handed to the cropper, awaiting their results
 
         def batches():
