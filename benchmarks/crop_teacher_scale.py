@@ -157,9 +157,11 @@ def child_crop(args) -> dict:
 def child_teacher(args) -> dict:
     from clinsum import teacher
 
-    root = Path(args.root)
-    import transformers  # noqa: F401
+    from transformers import AutoTokenizer
 
+    root = Path(args.root)
+    AutoTokenizer.from_pretrained(args.tokenizer)
+    baseline = peak_rss_gib()  # the interpreter, torch and transformers, a tokenizer: what any shard job holds
     rows = []
     for item in args.items.split(","):
         out = root / f"teacher-k{args.k}" / "en" / f"{item}.jsonl"
@@ -172,7 +174,7 @@ def child_teacher(args) -> dict:
         rows.append({"shard": item, "seconds": round(time.perf_counter() - started, 2), "documents": counts["documents"],
                      "prompt_tokens": sum(r["prompt_tokens"] for r in records), "generated_tokens": generated,
                      "topk_bytes_per_token": round(topk.stat().st_size / generated, 1) if topk and generated else None})
-    result = {"shards": rows, "peak_gib": round(peak_rss_gib(), 3)}
+    result = {"shards": rows, "peak_gib": round(peak_rss_gib(), 3), "baseline_gib": round(baseline, 3)}
     if args.compare_prompts:
         result["prompts"] = compare_prompts(root, args.tokenizer, args.items.split(",")[0])
     return result
@@ -251,6 +253,7 @@ def bench_teacher(root: Path, documents: int, shards: int, tokenizer: str, topk:
     rest = run_child("teacher", *common, "--items", ",".join(items[1:]), "--k", "0") if shards > 1 else {"shards": []}
     gathered = run_child("gather", *common, "--k", "0")
     result = {"documents": documents, "shards": shards, "first_shard": first, "other_shards_peak_gib": rest.get("peak_gib"),
+              "other_shards_baseline_gib": rest.get("baseline_gib"),
               "per_shard": first["shards"] + rest["shards"], "gather": gathered, "topk": {}}
     for k in topk:
         print(f"teacher: shard 1 with top-{k} log-probabilities ...", file=sys.stderr, flush=True)
@@ -261,10 +264,17 @@ def bench_teacher(root: Path, documents: int, shards: int, tokenizer: str, topk:
 
 
 def print_tables(report: dict) -> None:
+    if report["crop"]:
+        print_crop_table(report["crop"])
+    if report.get("teacher"):
+        print_teacher_tables(report["teacher"])
+
+
+def print_crop_table(benches: list[dict]) -> None:
     print("\n## crop: today's per-document path against the batched one (same input, same machine)\n")
     print("| documents | path | seconds | documents/s | speed-up | peak GiB (workers) | per-document fallbacks | same output |")
     print("|---:|---|---:|---:|---:|---|---:|---|")
-    for bench in report["crop"]:
+    for bench in benches:
         base = bench["runs"].get("per_document")
         for name, run in bench["runs"].items():
             speedup = f"{run['documents_per_s'] / base['documents_per_s']:.1f}x" if base else "–"
@@ -272,15 +282,16 @@ def print_tables(report: dict) -> None:
             print(f"| {bench['documents']} | {name} | {run['seconds']} | {run['documents_per_s']} | {speedup} "
                   f"| {run['peak_gib']:.2f}{workers} | {run['fallbacks'] if name != 'per_document' else '–'} "
                   f"| {bench['same_output']} |")
-    teacher = report.get("teacher")
-    if not teacher:
-        return
+
+
+def print_teacher_tables(teacher: dict) -> None:
     first, spread = teacher["first_shard"], teacher["gather"]["shards"]
     print(f"\n## teacher bookkeeping: {teacher['documents']} documents of one language in {teacher['shards']} shards\n")
     seconds = [row["seconds"] for row in teacher["per_shard"]]
     print(f"- one shard in its own process: {first['shards'][0]['documents']} documents, {first['shards'][0]['seconds']} s, "
-          f"peak {first['peak_gib']:.2f} GiB; shards 2–{teacher['shards']} one after another: "
-          f"{min(seconds)}–{max(seconds)} s each, peak {teacher['other_shards_peak_gib']} GiB")
+          f"peak {first['peak_gib']:.2f} GiB, of which {first['peak_gib'] - first['baseline_gib']:.3f} GiB above the "
+          f"{first['baseline_gib']:.2f} GiB of the interpreter, libraries and tokenizer; shards 2–{teacher['shards']} "
+          f"one after another: {min(seconds)}–{max(seconds)} s each, peak {teacher['other_shards_peak_gib']} GiB")
     prompts = first["prompts"]
     print(f"- a shard's prompts ({prompts['documents']} reports): batched {prompts['batched_seconds']} s, one call per "
           f"report {prompts['per_document_seconds']} s, same ids: {prompts['same_ids']}")
