@@ -7,7 +7,7 @@ plus end-of-turn) to `answer_tokens`. Cropping cuts at a token boundary mapped b
 cropped text is always a prefix of the original and never ends in a broken character.
 
 The corpus streams through in batches of documents, each cropped by `chat.ChatCropper` (one tokenizer pass
-per text; the same results as the per-document `make_example`), optionally in worker processes; statistics
+per text; the same results as the per-document `chat.crop_example`), optionally in worker processes; statistics
 are running sums, and the teacher's records are read by id from an index of line offsets, so memory does not
 grow with the corpus.
 """
@@ -45,16 +45,6 @@ def example_record(doc_id, lang, task, instruction, text, answer, role, cropped:
         "report_cropped": cropped.report != text,
         "answer_cropped": cropped.answer != answer,
     }
-
-
-def make_example(tokenizer, doc_id, lang, task, instruction, text, answer, settings) -> dict:
-    """One example, per document: the reference the batched path (`ChatCropper`) must equal."""
-    # leading newlines would merge with the template's "assistant\n" header into other tokens
-    answer = answer.strip()
-    cropped = crop_example(
-        tokenizer, instruction, text, answer, settings["role"], settings["prompt_tokens"], settings["answer_tokens"]
-    )
-    return example_record(doc_id, lang, task, instruction, text, answer, settings["role"], cropped)
 
 
 class Spread:
@@ -160,6 +150,7 @@ def _documents(corpus_path: Path, split_path: Path, lang: str, stats: dict) -> I
 
 def _specs(corpus_dir, split_dir, languages, settings: dict, teacher_dir, stats: dict):
     """(lang, split name, task, record, instruction, stripped answer, teacher record) of each example, in order."""
+    # answers are stripped: leading newlines would merge with the template's "assistant\n" header into other tokens
     for lang in languages:
         with ExitStack() as stack:
             teacher = stack.enter_context(JsonlIndex(Path(teacher_dir) / f"{lang}.jsonl")) if teacher_dir else None
