@@ -366,7 +366,7 @@ class ChatCropper:
     """`crop_example` for many examples at once, with the same results.
 
     Each batch encodes every distinct report and answer once, in its place in the formatted conversation
-    (one batched call, which the tokenizer may spread over threads); the budgets' search then only encodes the
+    (one batched tokenizer call); the budgets' search then only encodes the
     cropped candidates of reports and answers that do not fit. Examples where the tokenizer or the template
     break an assumption go through crop_example (`fallbacks` counts them).
     """

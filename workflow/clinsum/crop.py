@@ -95,8 +95,8 @@ def crop_batches(
 ) -> Iterator[tuple[list[CroppedExample], int]]:
     """(cropped examples, how many took the per-document path) for each batch of (instruction, report,
     answer), in order; with workers > 1, in that many processes, a few batches in flight at a time."""
-    if workers > 1:
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # a process per core already; and the workers fork
+    # one thread per process: `workers` is all the job asked for (and forked workers must not inherit threads)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     cropper = _cropper(tokenizer_dir, settings)
     if workers <= 1:
         for batch in batches:
