@@ -1,13 +1,15 @@
-import json
+import random
+import statistics
 
 import pytest
 
-from clinsum.chat import build_messages, encode_example, encode_prompt
-from clinsum.chat import crop_answer, crop_prompt, crop_to_tokens
-from clinsum.crop import crop_corpus
+from clinsum.chat import ChatCropper, _looks_left, build_messages, crop_example, encode_example, encode_prompt
+from clinsum.chat import crop_answer, crop_prompt, crop_to_tokens, encode_prompts
+from clinsum.crop import Spread, crop_corpus
 from clinsum.ingest import ingest
-from clinsum.io import read_json, read_jsonl
+from clinsum.io import ClinsumError, JsonlIndex, read_json, read_jsonl, write_jsonl
 from clinsum.split import split_language
+from clinsum.synthetic import synthesize
 
 from conftest import SAMPLE
 
@@ -52,28 +54,41 @@ def test_prompt_and_answer_budgets_with_chat_template(tokenizer, role, budget):
     assert tokenizer.decode(answer_ids[-2:]) == "<|im_end|>\n"
 
 
-def test_crop_stage_on_sample_corpus(tmp_path, tiny_dir):
-    languages = ["en", "es", "fr", "pt"]
-    ingest([{"path": str(SAMPLE), "layout": "multiclinsum"}], languages, tmp_path / "corpus")
-    for lang in languages:
-        split_language(tmp_path / "corpus" / f"{lang}.jsonl", tmp_path / "split" / f"{lang}.json", lang,
-                       {"train": 0.8, "valid": 0.01, "test": 0.19}, 42)
-    teacher = tmp_path / "teacher"
-    teacher.mkdir()
-    for lang in languages:
-        split = read_json(tmp_path / "split" / f"{lang}.json")
-        with open(teacher / f"{lang}.jsonl", "w") as handle:
-            for doc_id in split["train"] + split["valid"]:
-                handle.write(json.dumps({"id": doc_id, "lang": lang, "key_info": "Key: fever, cough. " * 30,
-                                         "token_ids": list(range(100)), "finish_reason": "stop"}) + "\n")
-    settings = {
-        "prompt_tokens": 200, "answer_tokens": 40, "role": "system",
+LANGUAGES = ["en", "es", "fr", "pt"]
+
+
+def crop_settings(prompt_tokens: int, answer_tokens: int, role: str = "system") -> dict:
+    return {
+        "prompt_tokens": prompt_tokens, "answer_tokens": answer_tokens, "role": role,
         "extract": "Extract the key information from clinical text",
         "summarize": {"en": "Summarize clinical text", "es": "Resumir el texto clínico",
                       "fr": "Résumer le texte clinique", "pt": "Resumir texto clínico"},
         "train_summarize": None,
     }
-    crop_corpus(tmp_path / "corpus", tmp_path / "split", languages, tiny_dir, settings, tmp_path / "data", teacher)
+
+
+def prepare(tmp_path, source, key_info=lambda i: "Key: fever, cough. " * 30) -> None:
+    """corpus/, split/ and teacher/ (key information of every train/valid document) under tmp_path."""
+    ingest([{"path": str(source), "layout": "multiclinsum"}], LANGUAGES, tmp_path / "corpus")
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    for lang in LANGUAGES:
+        split_language(tmp_path / "corpus" / f"{lang}.jsonl", tmp_path / "split" / f"{lang}.json", lang,
+                       {"train": 0.8, "valid": 0.01, "test": 0.19}, 42)
+        split = read_json(tmp_path / "split" / f"{lang}.json")
+        write_jsonl(teacher / f"{lang}.jsonl", [
+            {"id": doc_id, "lang": lang, "key_info": key_info(i), "token_ids": list(range(100)), "finish_reason": "stop"}
+            for i, doc_id in enumerate(reversed(split["train"] + split["valid"]))  # not in corpus order
+        ])
+
+
+def test_crop_stage_on_sample_corpus(tmp_path, tiny_dir):
+    languages = LANGUAGES
+    prepare(tmp_path, SAMPLE)
+    teacher = tmp_path / "teacher"
+    settings = crop_settings(200, 40)
+    stats = crop_corpus(tmp_path / "corpus", tmp_path / "split", languages, tiny_dir, settings, tmp_path / "data", teacher)
+    assert stats["documents"] == 68 and stats["examples"] == 2 * 48 and stats["fallbacks"] == 0
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
@@ -97,3 +112,149 @@ def test_crop_stage_on_sample_corpus(tmp_path, tiny_dir):
     stats = (tmp_path / "data" / "stats.md").read_text()
     assert "| all | 44 | 4 | 20 | 68 |" in stats
     assert "Table 2" in stats and "Table 3" in stats
+
+
+# --- the batched path equals the per-document one ---------------------------------------------------
+
+
+def output_bytes(out) -> dict:
+    return {name: (out / name).read_bytes() for name in ("train.jsonl", "valid.jsonl", "stats.md")}
+
+
+def assert_same_outputs(tmp_path, model_dir, settings, teacher=True, workers=1) -> dict:
+    """Crop with the per-document reference and with the batched path; the files must be byte for byte equal."""
+    args = (tmp_path / "corpus", tmp_path / "split", LANGUAGES, model_dir, settings)
+    teacher_dir = tmp_path / "teacher" if teacher else None
+    reference = crop_corpus(*args, tmp_path / "reference", teacher_dir, per_document=True)
+    batched = crop_corpus(*args, tmp_path / "batched", teacher_dir, workers=workers)
+    expected, got = output_bytes(tmp_path / "reference"), output_bytes(tmp_path / "batched")
+    for name in expected:
+        assert got[name] == expected[name], name
+    assert reference["examples"] == batched["examples"] > 0
+    return batched
+
+
+@pytest.mark.parametrize("model", ["qwen", "smollm2"])
+@pytest.mark.parametrize("budgets", [(2566, 512), (120, 30)])
+def test_batched_crop_equals_per_document_on_sample(tmp_path, qwen_dir, tiny_dir, model, budgets):
+    prepare(tmp_path, SAMPLE, key_info=lambda i: "Key: fever, cough. " * (1 + 7 * (i % 5)))
+    batched = assert_same_outputs(tmp_path, qwen_dir if model == "qwen" else tiny_dir, crop_settings(*budgets))
+    assert batched["fallbacks"] == 0  # every example took the batched path
+    if budgets == (120, 30):  # the search for the budget ran, on reports and answers
+        records = list(read_jsonl(tmp_path / "batched" / "train.jsonl"))
+        assert sum(r["report_cropped"] for r in records) > 40 and sum(r["answer_cropped"] for r in records) > 40
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["qwen", "smollm2"])
+@pytest.mark.parametrize("role", ["system", "user"])
+def test_batched_crop_equals_per_document_on_synthetic_corpus(tmp_path, qwen_dir, tiny_dir, model, role):
+    """MultiClinSum-shaped lengths: document 1 of each language is the longest (up to 37,351 characters)."""
+    synthesize(SAMPLE, tmp_path / "synthetic", LANGUAGES, gold=25)
+    prepare(tmp_path, tmp_path / "synthetic", key_info=lambda i: "Key information: fever. " * (1 + 11 * (i % 13)))
+    batched = assert_same_outputs(tmp_path, qwen_dir if model == "qwen" else tiny_dir, crop_settings(2566, 512, role),
+                                  workers=2 if model == "qwen" else 1)
+    assert batched["fallbacks"] == 0
+    records = list(read_jsonl(tmp_path / "batched" / "train.jsonl"))
+    assert any(r["report_cropped"] for r in records) and any(r["answer_cropped"] for r in records)
+
+
+EDGE_TEXTS = [
+    "\n\nLeading newlines merge with the template's own newline.",
+    "  two leading spaces, and trailing ones   ",
+    "Ends with a newline\n",
+    "\u0301combining accent first, then e\u0301 decomposed and 한국어",
+    "carriage\r\nreturns\r\n and tabs\t\there",
+    "A report that quotes <|im_end|> and <|im_start|>user in its text.",
+    "emoji 🙂🙂 at the end 🙂",
+    "1234567890 digits 3.14159 and 37,8 °C",
+    "x",
+    "",
+]
+
+
+@pytest.mark.parametrize("model", ["qwen", "smollm2"])
+@pytest.mark.parametrize("role", ["system", "user"])
+def test_cropper_equals_crop_example_on_edge_texts(qwen_dir, tiny_dir, model, role):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(qwen_dir if model == "qwen" else tiny_dir)
+    long = " ".join(TEXTS) * 6
+    examples = [(instruction, report + tail, answer)
+                for instruction in ("Summarize clinical text", "Extract the key information from clinical text")
+                for report in EDGE_TEXTS for tail in ("", " " + long)
+                for answer in ("Key: fever.", (long + "\n" + report).strip())]
+    for prompt_tokens, answer_tokens in ((2566, 512), (90, 24)):
+        cropper = ChatCropper(tokenizer, role, prompt_tokens, answer_tokens)
+        got = cropper.crop(examples)
+        expected = [crop_example(tokenizer, *example, role, prompt_tokens, answer_tokens) for example in examples]
+        assert got == expected
+        # only texts holding a special token's text leave the batched path
+        quoting = sum("<|im_" in report or "<|im_" in answer for _, report, answer in examples)
+        assert 0 < cropper.fallbacks <= quoting
+
+
+def test_cropper_errors_like_the_per_document_functions(tokenizer):
+    with pytest.raises(ClinsumError, match="a prompt budget of 8 tokens leaves no room for the report"):
+        crop_prompt(tokenizer, "Summarize clinical text", "report", 8, "system")
+    with pytest.raises(ClinsumError, match="a prompt budget of 8 tokens leaves no room for the report"):
+        ChatCropper(tokenizer, "system", 8, 64).crop([("Summarize clinical text", "report", "answer")])
+    with pytest.raises(ClinsumError, match="an answer budget of 2 tokens leaves no room for an answer"):
+        ChatCropper(tokenizer, "system", 200, 2).crop([("Summarize clinical text", "report", "answer")])
+    with pytest.raises(ValueError, match="prompt role"):
+        ChatCropper(tokenizer, "assistant", 200, 20)
+
+
+def test_encode_prompts_equals_encode_prompt(qwen_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(qwen_dir)
+    conversations = [build_messages("Summarize clinical text", text, role=role) for text in EDGE_TEXTS + TEXTS
+                     for role in ("system", "user")]
+    assert encode_prompts(tokenizer, conversations) == [encode_prompt(tokenizer, c) for c in conversations]
+    assert encode_prompts(tokenizer, []) == []
+
+
+def test_looks_left_finds_lookbehind_and_anchors_outside_classes():
+    qwen = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    assert not _looks_left(qwen)
+    assert not _looks_left(r"[]^$]+|[^\]$]")
+    for pattern in (r"(?<=a)b", r"(?<!a)b", r"^a", r"a$", r"\bword", r"\Aa", r"a|\Gb", r"[a]^"):
+        assert _looks_left(pattern), pattern
+
+
+def test_spread_cells_equal_statistics_of_lists():
+    rng = random.Random(3)
+    for values in ([], [7], [1, 2], [1, 2, 2], [rng.randrange(0, 40000) for _ in range(999)]):
+        spread = Spread()
+        for value in values:
+            spread.add(value)
+        expected = f"{statistics.mean(values):.0f} ({min(values)}–{max(values)}), n={len(values)}" if values else "–"
+        assert spread.cell() == expected
+
+
+def test_jsonl_index_reads_records_by_id(tmp_path):
+    path = tmp_path / "records.jsonl"
+    records = [{"id": f'doc "{i}" é', "n": i} for i in range(5)] + [{"n": 9, "id": "key not first"}]
+    write_jsonl(path, records)
+    with JsonlIndex(path) as index:
+        assert len(index) == 6 and 'doc "3" é' in index
+        assert index.get('doc "3" é') == records[3] and index.get("key not first") == records[5]
+        assert index.get("absent") is None
+    write_jsonl(path, records + [records[1]])
+    with pytest.raises(ClinsumError, match="records.jsonl:7: document 'doc \"1\" é' appears more than once"):
+        JsonlIndex(path)
+    path.write_text('{"id": "a"}\n{"id": \n')
+    with pytest.raises(ClinsumError, match="records.jsonl:2: invalid JSON"):
+        JsonlIndex(path)
+
+
+def test_missing_teacher_record_is_named(tmp_path, tiny_dir):
+    prepare(tmp_path, SAMPLE)
+    teacher = tmp_path / "teacher" / "es.jsonl"
+    kept = list(read_jsonl(teacher))[1:]
+    write_jsonl(teacher, kept)
+    with pytest.raises(ClinsumError, match=r"teacher/es.jsonl: no teacher record for multiclinsum_gs_es_\d+"):
+        crop_corpus(tmp_path / "corpus", tmp_path / "split", LANGUAGES, tiny_dir, crop_settings(200, 40),
+                    tmp_path / "data", tmp_path / "teacher")
+    assert not (tmp_path / "data" / "train.jsonl").exists()

@@ -376,3 +376,69 @@ def test_summary_and_table2(tmp_path):
     assert summary["fr"]["length"] == 1 and summary["fr"]["retried"] == 1 and summary["fr"]["completion_tokens"] == 16
     table = teacher.teacher_stats([tmp_path / "fr.jsonl"])
     assert "| fr | 3 | 4 | 0 | 8 |" in table and table.startswith("## Table 2")
+
+
+# --- at scale: what a shard reads, the load's spread over shards, a streaming gather ------------------
+
+
+def test_shard_parses_only_its_own_lines(tmp_path):
+    lines = [
+        json.dumps({"id": "mine", "lang": "en", "text": "my report", "summary": "s"}),
+        '{"id": "other", "text": "not even JSON',  # another shard's line: recognized by its id, never parsed
+        json.dumps({"lang": "en", "id": "late id", "text": "id not first: parsed whole", "summary": "s"}),
+    ]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(lines) + "\n")
+    assert teacher.load_reports(corpus, ["mine", "late id"]) == {"mine": "my report", "late id": "id not first: parsed whole"}
+    with pytest.raises(ClinsumError, match="corpus.jsonl:2: invalid JSON"):
+        teacher.load_reports(corpus, ["other"])
+
+
+def test_build_prompts_in_batches_equals_encode_prompt(tokenizer, monkeypatch):
+    monkeypatch.setattr(teacher, "PROMPTS_PER_CALL", 3)
+    texts = {f"d{i}": f"Report {i}: " + "fever, cough and dyspnea. " * i for i in range(8)}
+    prompts = teacher.build_prompts(tokenizer, texts, EXTRACT, "system")
+    assert list(prompts) == list(texts)
+    for doc_id, text in texts.items():
+        assert prompts[doc_id] == encode_prompt(tokenizer, build_messages(EXTRACT, text))
+
+
+def test_records_name_their_shard_and_the_summary_gives_the_spread(tmp_path, tiny_dir, caplog):
+    corpus, split, ids = make_corpus(tmp_path, n=10)
+    outs = []
+    with caplog.at_level("INFO", logger="clinsum.teacher"):
+        for item in ("1-of-3", "2-of-3", "3-of-3"):
+            outs.append(tmp_path / f"{item}.jsonl")
+            teacher.run_shard(corpus, split, tiny_dir, settings(), item, outs[-1], generator=FakeGenerator("a"))
+        teacher.gather(split, outs, tmp_path / "en.jsonl")
+    per_shard = [list(read_jsonl(out)) for out in outs]
+    assert all(r["shard"] == item for item, records in zip(("1-of-3", "2-of-3", "3-of-3"), per_shard) for r in records)
+    loads = [(len(records), sum(r["prompt_tokens"] for r in records)) for records in per_shard]
+    summary = teacher.summarize([tmp_path / "en.jsonl"])["en"]["shards"]
+    assert summary["count"] == 3
+    assert summary["documents"]["min"] == min(n for n, _ in loads) and summary["documents"]["max"] == max(n for n, _ in loads)
+    assert summary["documents"]["mean"] == round(10 / 3, 1)
+    assert summary["prompt_tokens"]["max"] == max(p for _, p in loads)
+    assert summary["prompt_tokens"]["max_over_mean"] == round(max(p for _, p in loads) / (sum(p for _, p in loads) / 3), 3)
+    # the shard's log and the gather's log give each shard's load
+    documents, prompt_tokens = loads[1]
+    assert f"shard 2-of-3 done: {documents} documents, {prompt_tokens} prompt tokens" in caplog.text
+    assert f"2-of-3.jsonl: {documents} documents, {prompt_tokens} prompt tokens" in caplog.text
+    assert "spread over 3 shards" in caplog.text
+
+
+def test_spread_counts_empty_shards_and_records_without_a_shard():
+    assert teacher.spread([(2, 100), (0, 0), (4, 200)]) == {
+        "documents": {"min": 0, "max": 4, "mean": 2.0, "max_over_mean": 2.0},
+        "prompt_tokens": {"min": 0, "max": 200, "mean": 100.0, "max_over_mean": 2.0},
+    }
+    assert teacher._shard_spread({"1-of-3": [2, 100], "3-of-3": [4, 200]})["documents"]["min"] == 0
+    assert teacher._shard_spread({None: [3, 10]}) is None
+
+
+def test_gather_names_a_record_repeated_within_a_shard(tmp_path):
+    _, split, ids = make_corpus(tmp_path, n=3)
+    write_jsonl(tmp_path / "a.jsonl", [_record(d) for d in ids] + [_record(ids[1])])
+    with pytest.raises(ClinsumError, match=r"a.jsonl:4: document 'doc1' appears more than once"):
+        teacher.gather(split, [tmp_path / "a.jsonl"], tmp_path / "en.jsonl")
+    assert not (tmp_path / "en.jsonl").exists()

@@ -5,48 +5,195 @@ teacher stage ran, one `extract` example (answer: the teacher's key information)
 system+user part is cropped to `prompt_tokens` by shortening the report, the assistant part (answer
 plus end-of-turn) to `answer_tokens`. Cropping cuts at a token boundary mapped back to characters, so a
 cropped text is always a prefix of the original and never ends in a broken character.
+
+The corpus streams through in batches of documents, each cropped by `chat.ChatCropper` (one tokenizer pass
+per text; the same results as the per-document `chat.crop_example`), optionally in worker processes; statistics
+are running sums, and the teacher's records are read by id from an index of line offsets, so memory does not
+grow with the corpus.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import statistics
+import os
+import time
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Iterable, Iterator
 
-from .chat import build_messages, crop_answer, crop_prompt, encode_example
-from .io import ClinsumError, atomic_path, read_json, read_jsonl
+from .chat import ChatCropper, CroppedExample, build_messages, crop_example
+from .io import ClinsumError, JsonlIndex, atomic_path, read_json, read_jsonl
 
 log = logging.getLogger(__name__)
 
 TRAIN_SPLITS = ("train", "valid")
+DOCUMENTS_PER_BATCH = 128  # enough to amortize a tokenizer call and a worker round trip; little memory
 
 
-def make_example(tokenizer, doc_id, lang, task, instruction, text, answer, settings) -> dict:
-    role = settings["role"]
-    report = crop_prompt(tokenizer, instruction, text, settings["prompt_tokens"], role)
-    # leading newlines would merge with the template's "assistant\n" header into other tokens
-    cropped_answer = crop_answer(tokenizer, answer.strip(), settings["answer_tokens"], role)
-    messages = build_messages(instruction, report, cropped_answer, role=role)
-    prompt_ids, answer_ids = encode_example(tokenizer, messages)
+def example_record(doc_id, lang, task, instruction, text, answer, role, cropped: CroppedExample) -> dict:
+    """One line of {split}.jsonl (`answer` stripped, as cropped)."""
     return {
         "id": doc_id,
         "lang": lang,
         "task": task,
-        "messages": messages,
-        "prompt_tokens": len(prompt_ids),
-        "answer_tokens": len(answer_ids),
-        "report_cropped": report != text,
-        "answer_cropped": cropped_answer != answer.strip(),
+        "messages": build_messages(instruction, cropped.report, cropped.answer, role=role),
+        "prompt_tokens": cropped.prompt_tokens,
+        "answer_tokens": cropped.answer_tokens,
+        "report_cropped": cropped.report != text,
+        "answer_cropped": cropped.answer != answer,
     }
 
 
-def _chars(values: list[int]) -> str:
-    """One table cell: mean (min–max) over n values."""
-    if not values:
-        return "–"
-    return f"{statistics.mean(values):.0f} ({min(values)}–{max(values)}), n={len(values)}"
+class Spread:
+    """Count, sum, min and max of integers: a table cell "mean (min–max), n=…" in constant memory."""
+
+    def __init__(self):
+        self.count, self.total, self.low, self.high = 0, 0, None, None
+
+    def add(self, value: int) -> None:
+        self.count += 1
+        self.total += value
+        self.low = value if self.low is None else min(self.low, value)
+        self.high = value if self.high is None else max(self.high, value)
+
+    def cell(self) -> str:
+        if not self.count:
+            return "–"
+        # int / int rounds once, as statistics.mean does
+        return f"{self.total / self.count:.0f} ({self.low}–{self.high}), n={self.count}"
+
+
+# ---------------------------------------------------------------------------------------------
+# cropping batches, in this process or in workers
+
+_worker: dict = {}  # a worker's cropper: inherited from the parent where processes fork, else loaded
+
+
+def _start_worker(tokenizer_dir: str, settings: dict) -> None:
+    if "cropper" not in _worker:
+        _worker["cropper"] = _cropper(tokenizer_dir, settings)
+
+
+def _crop_in_worker(examples: list[tuple[str, str, str]]) -> tuple[list[CroppedExample], int]:
+    cropper = _worker["cropper"]
+    before = cropper.fallbacks
+    return cropper.crop(examples), cropper.fallbacks - before
+
+
+def _cropper(tokenizer_dir, settings: dict) -> ChatCropper:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    return ChatCropper(tokenizer, settings["role"], settings["prompt_tokens"], settings["answer_tokens"])
+
+
+def crop_batches(
+    batches: Iterable[list[tuple[str, str, str]]], tokenizer_dir, settings: dict, workers: int = 1
+) -> Iterator[tuple[list[CroppedExample], int]]:
+    """(cropped examples, how many took the per-document path) for each batch of (instruction, report,
+    answer), in order; with workers > 1, in that many processes, a few batches in flight at a time."""
+    # one thread per process: `workers` is all the job asked for (and forked workers must not inherit threads)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    cropper = _cropper(tokenizer_dir, settings)
+    if workers <= 1:
+        for batch in batches:
+            before = cropper.fallbacks
+            yield cropper.crop(batch), cropper.fallbacks - before
+        return
+    _worker["cropper"] = cropper
+    try:
+        with ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(str(tokenizer_dir), settings)) as pool:
+            pending: deque = deque()
+            for batch in batches:
+                pending.append(pool.submit(_crop_in_worker, batch))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+    finally:
+        _worker.clear()
+
+
+def reference_batches(batches: Iterable[list[tuple[str, str, str]]], tokenizer_dir, settings: dict):
+    """crop_batches' results from the per-document functions (the reference, for tests and benchmarks)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    role, prompt_tokens, answer_tokens = settings["role"], settings["prompt_tokens"], settings["answer_tokens"]
+    for batch in batches:
+        yield [crop_example(tokenizer, *example, role, prompt_tokens, answer_tokens) for example in batch], len(batch)
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage
+
+
+def _documents(corpus_path: Path, split_path: Path, lang: str, stats: dict) -> Iterator[tuple[dict, str]]:
+    """(record, split name) of each train/valid document in corpus order; counts every document's characters."""
+    split = read_json(split_path)
+    where = {doc_id: name for name in ("train", "valid", "test") for doc_id in split[name]}
+    stats["counts"][lang] = {name: len(split[name]) for name in ("train", "valid", "test")}
+    for record in read_jsonl(corpus_path):
+        name = where.get(record["id"])
+        if name is None:
+            raise ClinsumError(f"{split_path}: document {record['id']} is in no split; rerun split")
+        chars = stats["chars"].setdefault(lang, {}).setdefault(name, {"text": Spread(), "summary": Spread()})
+        chars["text"].add(len(record["text"]))
+        if record["summary"] is not None:
+            chars["summary"].add(len(record["summary"]))
+        if name in TRAIN_SPLITS:
+            yield record, name
+
+
+def _specs(corpus_dir, split_dir, languages, settings: dict, teacher_dir, stats: dict):
+    """(lang, split name, task, record, instruction, stripped answer, teacher record) of each example, in order."""
+    # answers are stripped: leading newlines would merge with the template's "assistant\n" header into other tokens
+    for lang in languages:
+        with ExitStack() as stack:
+            teacher = stack.enter_context(JsonlIndex(Path(teacher_dir) / f"{lang}.jsonl")) if teacher_dir else None
+            summarize = settings.get("train_summarize") or settings["summarize"][lang]
+            corpus, split = Path(corpus_dir) / f"{lang}.jsonl", Path(split_dir) / f"{lang}.json"
+            for record, name in _documents(corpus, split, lang, stats):
+                yield lang, name, "summarize", record, summarize, record["summary"].strip(), None
+                if teacher is not None:
+                    key_info = teacher.get(record["id"])
+                    if key_info is None:
+                        raise ClinsumError(f"{teacher.path}: no teacher record for {record['id']}")
+                    yield lang, name, "extract", record, settings["extract"], key_info["key_info"].strip(), key_info
+
+
+def _batched(items: Iterable, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _example(spec, settings: dict, cropped: CroppedExample) -> dict:
+    lang, _, task, record, instruction, answer, key_info = spec
+    example = example_record(record["id"], lang, task, instruction, record["text"], answer, settings["role"], cropped)
+    if key_info is not None:
+        if key_info.get("token_ids") is not None:
+            example["teacher_token_ids"] = key_info["token_ids"][: settings["answer_tokens"]]
+        # the teacher saw a cropped report (teacher.max_prompt_tokens): say so downstream
+        example["teacher_prompt_cropped"] = bool(key_info.get("prompt_cropped"))
+    return example
+
+
+def _count_tokens(stats: dict, lang: str, name: str, example: dict) -> None:
+    keys = ("prompt", "answer", "report_chars", "answer_chars")
+    cropped = stats["tokens"].setdefault(lang, {}).setdefault((name, example["task"]), {key: Spread() for key in keys})
+    cropped["prompt"].add(example["prompt_tokens"])
+    cropped["answer"].add(example["answer_tokens"])
+    cropped["report_chars"].add(len(example["messages"][-2]["content"]))
+    cropped["answer_chars"].add(len(example["messages"][-1]["content"]))
 
 
 def crop_corpus(
@@ -57,55 +204,35 @@ def crop_corpus(
     settings: dict,
     out_dir: str | Path,
     teacher_dir: str | Path | None = None,
+    workers: int = 1,
+    per_document: bool = False,
 ) -> dict:
-    """Write {out_dir}/train.jsonl, valid.jsonl and stats.md; return the statistics."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    """Write {out_dir}/train.jsonl, valid.jsonl and stats.md; return the statistics (and counts: documents,
+    examples, fallbacks, seconds). `per_document` crops with the reference functions instead."""
     out_dir = Path(out_dir)
     stats: dict = {"counts": {}, "chars": {}, "tokens": {}}
+    started, examples, fallbacks = time.perf_counter(), 0, 0
     with ExitStack() as stack:
         files = {name: stack.enter_context(atomic_path(out_dir / f"{name}.jsonl")) for name in TRAIN_SPLITS}
-        for lang in languages:
-            split = read_json(Path(split_dir) / f"{lang}.json")
-            where = {doc_id: name for name in ("train", "valid", "test") for doc_id in split[name]}
-            stats["counts"][lang] = {name: len(split[name]) for name in ("train", "valid", "test")}
-            teacher = _read_teacher(teacher_dir, lang) if teacher_dir else {}
-            summarize = settings.get("train_summarize") or settings["summarize"][lang]
-            for record in read_jsonl(Path(corpus_dir) / f"{lang}.jsonl"):
-                name = where.get(record["id"])
-                if name is None:
-                    raise ClinsumError(f"{split_dir}/{lang}.json: document {record['id']} is in no split; rerun split")
-                chars = stats["chars"].setdefault(lang, {}).setdefault(name, {"text": [], "summary": []})
-                chars["text"].append(len(record["text"]))
-                if record["summary"] is not None:
-                    chars["summary"].append(len(record["summary"]))
-                if name not in TRAIN_SPLITS:
-                    continue
-                examples = [
-                    make_example(tokenizer, record["id"], lang, "summarize", summarize, record["text"], record["summary"], settings)
-                ]
-                if teacher_dir:
-                    key_info = teacher.get(record["id"])
-                    if key_info is None:
-                        raise ClinsumError(f"{teacher_dir}/{lang}.jsonl: no teacher record for {record['id']}")
-                    example = make_example(
-                        tokenizer, record["id"], lang, "extract", settings["extract"], record["text"], key_info["key_info"], settings
-                    )
-                    if key_info.get("token_ids") is not None:
-                        example["teacher_token_ids"] = key_info["token_ids"][: settings["answer_tokens"]]
-                    # the teacher saw a cropped report (teacher.max_prompt_tokens): say so downstream
-                    example["teacher_prompt_cropped"] = bool(key_info.get("prompt_cropped"))
-                    examples.append(example)
-                for example in examples:
-                    files[name].write(json.dumps(example, ensure_ascii=False) + "\n")
-                    cropped = stats["tokens"].setdefault(lang, {}).setdefault(
-                        (name, example["task"]), {"prompt": [], "answer": [], "report_chars": [], "answer_chars": []}
-                    )
-                    cropped["prompt"].append(example["prompt_tokens"])
-                    cropped["answer"].append(example["answer_tokens"])
-                    cropped["report_chars"].append(len(example["messages"][-2]["content"]))
-                    cropped["answer_chars"].append(len(example["messages"][-1]["content"]))
+        specs = _specs(corpus_dir, split_dir, languages, settings, teacher_dir, stats)
+        in_flight: deque = deque()  # the specs of batches handed to the cropper, awaiting their results
+
+        def batches():
+            for batch in _batched(specs, DOCUMENTS_PER_BATCH * (2 if teacher_dir else 1)):
+                in_flight.append(batch)
+                yield [(spec[4], spec[3]["text"], spec[5]) for spec in batch]
+
+        if per_document:
+            cropped_batches = reference_batches(batches(), tokenizer_dir, settings)
+        else:
+            cropped_batches = crop_batches(batches(), tokenizer_dir, settings, workers)
+        for cropped, fell_back in cropped_batches:
+            fallbacks += fell_back
+            for spec, result in zip(in_flight.popleft(), cropped):
+                example = _example(spec, settings, result)
+                files[spec[1]].write(json.dumps(example, ensure_ascii=False) + "\n")
+                _count_tokens(stats, spec[0], spec[1], example)
+                examples += 1
     tables = stats_markdown(stats, settings)
     if teacher_dir:
         from .teacher import teacher_stats
@@ -113,11 +240,12 @@ def crop_corpus(
         tables += "\n" + teacher_stats([Path(teacher_dir) / f"{lang}.jsonl" for lang in languages])
     with atomic_path(out_dir / "stats.md") as handle:
         handle.write(tables)
+    documents = sum(sum(counts.values()) for counts in stats["counts"].values())
+    seconds = time.perf_counter() - started
+    stats.update(documents=documents, examples=examples, fallbacks=fallbacks, seconds=seconds)
+    log.info("cropped %d documents (%d examples) in %.1f s: %.0f documents/s; %d examples by the per-document path",
+             documents, examples, seconds, documents / max(seconds, 1e-9), fallbacks)
     return stats
-
-
-def _read_teacher(teacher_dir, lang) -> dict:
-    return {r["id"]: r for r in read_jsonl(Path(teacher_dir) / f"{lang}.jsonl")}
 
 
 def stats_markdown(stats: dict, settings: dict) -> str:
@@ -133,8 +261,8 @@ def stats_markdown(stats: dict, settings: dict) -> str:
     lines += ["| language | split | reports | summaries |", "|---|---|---|---|"]
     for lang, by_split in stats["chars"].items():
         for name in ("train", "valid", "test"):
-            chars = by_split.get(name, {"text": [], "summary": []})
-            lines.append(f"| {lang} | {name} | {_chars(chars['text'])} | {_chars(chars['summary'])} |")
+            chars = by_split.get(name, {"text": Spread(), "summary": Spread()})
+            lines.append(f"| {lang} | {name} | {chars['text'].cell()} | {chars['summary'].cell()} |")
     lines += [
         "",
         f"## Table 3 (cropped): after cropping to {settings['prompt_tokens']} prompt / "
@@ -146,13 +274,15 @@ def stats_markdown(stats: dict, settings: dict) -> str:
     for lang, by_key in stats["tokens"].items():
         for (name, task), values in sorted(by_key.items()):
             lines.append(
-                f"| {lang} | {name} | {task} | {_chars(values['report_chars'])} | {_chars(values['answer_chars'])} "
-                f"| {_chars(values['prompt'])} | {_chars(values['answer'])} |"
+                f"| {lang} | {name} | {task} | {values['report_chars'].cell()} | {values['answer_chars'].cell()} "
+                f"| {values['prompt'].cell()} | {values['answer'].cell()} |"
             )
     return "\n".join(lines) + "\n"
 
 
 def _run(args) -> None:
+    if args.workers < 1:
+        raise ClinsumError(f"--workers must be at least 1, got {args.workers}")
     crop_corpus(
         args.corpus_dir,
         args.split_dir,
@@ -161,6 +291,7 @@ def _run(args) -> None:
         json.loads(args.settings),
         args.out_dir,
         args.teacher_dir,
+        args.workers,
     )
 
 
@@ -177,4 +308,7 @@ def add_cli(subparsers) -> None:
         help="JSON: prompt_tokens, answer_tokens, role, extract, summarize {lang: prompt}, train_summarize",
     )
     parser.add_argument("--out-dir", required=True, help="writes train.jsonl, valid.jsonl, stats.md here")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes that crop batches of documents in parallel (default: 1)"
+    )
     parser.set_defaults(func=_run)

@@ -127,3 +127,82 @@ class JsonlAppender:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+_ID_PREFIX = b'{"id": "'
+_DECODER = json.JSONDecoder()
+
+
+def line_id(line: bytes) -> str | None:
+    """The id of a JSONL line written with "id" as its first key (as the stages write records), read without
+    parsing the rest of the line; None when the line is laid out otherwise (then parse it whole)."""
+    if not line.startswith(_ID_PREFIX):
+        return None
+    try:
+        value, _ = _DECODER.raw_decode(line[:512].decode("utf-8"), len(_ID_PREFIX) - 1)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def parse_line(path, number: int, line: bytes) -> dict:
+    try:
+        record = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ClinsumError(f"{path}:{number}: invalid JSON ({getattr(error, 'msg', error)})") from None
+    if not isinstance(record, dict):
+        raise ClinsumError(f"{path}:{number}: not a JSON object")
+    return record
+
+
+def iter_jsonl_lines(path: str | os.PathLike) -> Iterator[tuple[int, int, bytes]]:
+    """(line number, byte offset, line) of each non-empty line, unparsed."""
+    offset = 0
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                yield number, offset, line
+            offset += len(line)
+
+
+class JsonlIndex:
+    """The records of a JSONL file by id, read on demand: memory holds each line's offset, not its record."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.offsets: dict[str, tuple[int, int]] = {}
+        for number, offset, line in iter_jsonl_lines(self.path):
+            doc_id = line_id(line)
+            if doc_id is None:
+                doc_id = parse_line(self.path, number, line).get("id")
+            if not isinstance(doc_id, str):
+                raise ClinsumError(f"{self.path}:{number}: a record without a string id")
+            if doc_id in self.offsets:
+                raise ClinsumError(f"{self.path}:{number}: document {doc_id!r} appears more than once")
+            self.offsets[doc_id] = (number, offset)
+        self._handle = open(self.path, "rb")
+
+    def __contains__(self, doc_id: str) -> bool:
+        return doc_id in self.offsets
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def get(self, doc_id: str) -> dict | None:
+        if doc_id not in self.offsets:
+            return None
+        number, offset = self.offsets[doc_id]
+        self._handle.seek(offset)
+        record = parse_line(self.path, number, self._handle.readline())
+        if record.get("id") != doc_id:
+            raise ClinsumError(f"{self.path}:{number}: changed while being read (expected {doc_id!r})")
+        return record
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> "JsonlIndex":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -22,14 +22,17 @@ import re
 import struct
 import time
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .io import ClinsumError, JsonlAppender, atomic_path, read_json, read_jsonl, write_json, write_jsonl
+from .io import ClinsumError, JsonlAppender, JsonlIndex, atomic_path, iter_jsonl_lines, line_id, parse_line
+from .io import read_json, read_jsonl, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
 SCATTERITEM = re.compile(r"^(\d+)-of-(\d+)$")
+PROMPTS_PER_CALL = 256  # reports tokenized per batched call (their rendered prompts are held meanwhile)
 # settings that do not change what the teacher writes (a retuned cluster job must not discard work)
 NON_OUTPUT_SETTINGS = ("resources",)
 
@@ -75,10 +78,15 @@ def shard_ids(ids: list[str], index: int, shards: int) -> list[str]:
 
 
 def load_reports(corpus_path: str | os.PathLike, ids: Iterable[str]) -> dict[str, str]:
-    """The texts of the wanted ids, streaming the corpus (only this shard's reports stay in memory)."""
+    """The texts of the wanted ids, streaming the corpus: only the wanted lines are parsed (the others are
+    recognized by the id that starts them) and only their texts stay in memory."""
     wanted = set(ids)
     texts: dict[str, str] = {}
-    for record in read_jsonl(corpus_path):
+    for number, _, line in iter_jsonl_lines(corpus_path):
+        peeked = line_id(line)
+        if peeked is not None and peeked not in wanted:
+            continue  # another shard's document
+        record = parse_line(corpus_path, number, line)
         doc_id = record.get("id")
         if doc_id in wanted:
             if doc_id in texts:
@@ -224,11 +232,11 @@ def write_safetensors_stream(path: str | os.PathLike, entries: list[tuple[str, s
             raise ClinsumError(f"{path}: wrote {written} bytes of tensors, header says {offset}")
 
 
-def topk_entries(records: list[dict], k: int) -> list[tuple[str, str, list[int]]]:
+def topk_entries(lengths: list[tuple[str, int]], k: int) -> list[tuple[str, str, list[int]]]:
+    """The tensors of the records' (id, generated tokens), in order."""
     entries = []
-    for record in records:
-        n = len(record["token_ids"])
-        entries += [(f"{record['id']}/ids", "I32", [n, k]), (f"{record['id']}/logprobs", "F32", [n, k])]
+    for doc_id, n in lengths:
+        entries += [(f"{doc_id}/ids", "I32", [n, k]), (f"{doc_id}/logprobs", "F32", [n, k])]
     return entries
 
 
@@ -264,9 +272,16 @@ def _discard_stale_partial(paths: dict[str, Path], fingerprint: str) -> None:
 
 
 def build_prompts(tokenizer, texts: dict[str, str], instruction: str, role: str) -> dict[str, list[int]]:
-    from .chat import build_messages, encode_prompt
+    """Each document's prompt ids, from batched tokenizer calls (the same ids as chat.encode_prompt)."""
+    from .chat import build_messages, encode_prompts
 
-    return {doc_id: encode_prompt(tokenizer, build_messages(instruction, text, role=role)) for doc_id, text in texts.items()}
+    prompts: dict[str, list[int]] = {}
+    doc_ids = list(texts)
+    for start in range(0, len(doc_ids), PROMPTS_PER_CALL):
+        chunk = doc_ids[start : start + PROMPTS_PER_CALL]
+        conversations = [build_messages(instruction, texts[doc_id], role=role) for doc_id in chunk]
+        prompts.update(zip(chunk, encode_prompts(tokenizer, conversations)))
+    return prompts
 
 
 def fit_prompts(tokenizer, texts: dict[str, str], settings: dict) -> tuple[dict[str, list[int]], set[str]]:
@@ -370,6 +385,7 @@ def run_shard(
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         prompts, cropped = fit_prompts(tokenizer, {d: texts[d] for d in pending}, settings)
         counts["prompt_cropped"] = len(cropped)
+        log.info("shard %s: %d prompt tokens to generate from", shard, sum(len(prompts[d]) for d in pending))
         # longest first, so batches hold prompts of similar length and memory peaks at once
         pending.sort(key=lambda d: (-len(prompts[d]), d))
         owns_generator = generator is None
@@ -379,6 +395,7 @@ def run_shard(
             for start in range(0, len(pending), teacher["batch_size"]):
                 batch = pending[start : start + teacher["batch_size"]]
                 for record, completion in _generate_batch(generator, batch, prompts, cropped, teacher, lang, k):
+                    record["shard"] = shard  # for the spread of the load over shards (summary)
                     if topk_store is not None:
                         topk_store.write(completion.top_ids, completion.top_logprobs)
                     appender.write(record)
@@ -391,7 +408,8 @@ def run_shard(
     appender.close()
     if topk_store is not None:
         topk_store.close()
-    _finish_shard(paths, out, topk_out, ids, k)
+    load = _finish_shard(paths, out, topk_out, ids, k)
+    log.info("shard %s done: %d documents, %d prompt tokens, %d generated tokens", shard, *load)
     return counts
 
 
@@ -442,14 +460,16 @@ def _generate_batch(generator, batch: list[str], prompts: dict, cropped: set, te
         yield record, completion
 
 
-def _finish_shard(paths: dict[str, Path], out, topk_out, ids: list[str], k: int) -> None:
-    """Check the partial file holds each shard id once, then move it (and its top-k) into place."""
+def _finish_shard(paths: dict[str, Path], out, topk_out, ids: list[str], k: int) -> tuple[int, int, int]:
+    """Check the partial file holds each shard id once, then move it (and its top-k) into place; return the
+    shard's documents, prompt tokens and generated tokens."""
     records = list(read_jsonl(paths["records"])) if paths["records"].exists() else []
     check_ids(records, ids, str(paths["records"]))
+    lengths = [(r["id"], len(r["token_ids"])) for r in records]
     if k > 0:
-        lengths = [len(r["token_ids"]) for r in records]
         write_safetensors_stream(
-            topk_out, topk_entries(records, k), _flatten(iter_partial_topk(paths["topk"], lengths, k)), {"k": k}
+            topk_out, topk_entries(lengths, k), _flatten(iter_partial_topk(paths["topk"], [n for _, n in lengths], k)),
+            {"k": k},
         )
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     if not paths["records"].exists():  # an empty shard (more shards than documents)
@@ -458,6 +478,7 @@ def _finish_shard(paths: dict[str, Path], out, topk_out, ids: list[str], k: int)
         os.replace(paths["records"], out)
     paths["topk"].unlink(missing_ok=True)
     paths["settings"].unlink(missing_ok=True)
+    return len(records), sum(int(r.get("prompt_tokens", 0)) for r in records), sum(n for _, n in lengths)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -466,7 +487,10 @@ def _finish_shard(paths: dict[str, Path], out, topk_out, ids: list[str], k: int)
 
 def check_ids(records: list[dict], expected: list[str], source: str) -> None:
     """Exactly one record per expected id; the error names the missing, duplicate and unexpected ids."""
-    counts = Counter(r.get("id") for r in records)
+    check_id_counts(Counter(r.get("id") for r in records), expected, source)
+
+
+def check_id_counts(counts: Counter, expected: list[str], source: str) -> None:
     expected_set = set(expected)
     missing = [d for d in expected if d not in counts]
     duplicate = sorted(str(d) for d, c in counts.items() if c > 1)
@@ -489,20 +513,34 @@ def gather(
     topk_paths: list[str | os.PathLike] | None = None,
     topk_out: str | os.PathLike | None = None,
 ) -> int:
-    """Merge shard records into one file in split order (train, then valid); return the record count."""
+    """Merge shard records into one file in split order (train, then valid); return the record count.
+    Streams: memory holds each record's line offset, one record at a time."""
+    if topk_paths and topk_out is None:
+        raise ClinsumError("gathering top-k logprobs needs --topk-out")
     expected = teacher_ids(split)
-    records = [r for path in shard_paths for r in read_jsonl(path)]
-    check_ids(records, expected, f"{', '.join(map(str, shard_paths))} (gathered against {split})")
-    by_id = {r["id"]: r for r in records}
-    ordered = [by_id[d] for d in expected]
-    if topk_paths:
-        if topk_out is None:
-            raise ClinsumError("gathering top-k logprobs needs --topk-out")
-        _gather_topk(ordered, topk_paths, topk_out)
-    return write_jsonl(out, ordered)
+    with ExitStack() as stack:
+        indexes = [stack.enter_context(JsonlIndex(path)) for path in shard_paths]
+        counts = Counter(doc_id for index in indexes for doc_id in index.offsets)
+        check_id_counts(counts, expected, f"{', '.join(map(str, shard_paths))} (gathered against {split})")
+        owner = {doc_id: index for index in indexes for doc_id in index.offsets}
+        load = {index.path: [0, 0] for index in indexes}  # documents, prompt tokens
+        lengths = []
+        with atomic_path(out) as handle:
+            for doc_id in expected:
+                record = owner[doc_id].get(doc_id)
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                lengths.append((doc_id, len(record["token_ids"])))
+                load[owner[doc_id].path][0] += 1
+                load[owner[doc_id].path][1] += int(record.get("prompt_tokens", 0))
+            if topk_paths:
+                _gather_topk(lengths, topk_paths, topk_out)
+    for path, (documents, prompt_tokens) in load.items():
+        log.info("%s: %d documents, %d prompt tokens", path, documents, prompt_tokens)
+    log.info("spread over %d shards: %s", len(load), json.dumps(spread([tuple(v) for v in load.values()])))
+    return len(expected)
 
 
-def _gather_topk(records: list[dict], topk_paths, topk_out) -> None:
+def _gather_topk(lengths: list[tuple[str, int]], topk_paths, topk_out) -> None:
     from safetensors import safe_open
 
     handles = [safe_open(str(path), framework="numpy") for path in topk_paths]
@@ -514,26 +552,45 @@ def _gather_topk(records: list[dict], topk_paths, topk_out) -> None:
         if k is not None and shard_k != k:
             raise ClinsumError(f"{path}: top-k width {shard_k}, other shards have {k}")
         k = shard_k
-    for record in records:
-        for name in (f"{record['id']}/ids", f"{record['id']}/logprobs"):
+    for doc_id, n in lengths:
+        for name in (f"{doc_id}/ids", f"{doc_id}/logprobs"):
             if name not in owner:
                 raise ClinsumError(f"{', '.join(map(str, topk_paths))}: no top-k tensor {name}")
             shape = owner[name].get_slice(name).get_shape()
-            if list(shape) != [len(record["token_ids"]), k]:
-                raise ClinsumError(f"top-k tensor {name} has shape {shape}, expected [{len(record['token_ids'])}, {k}]")
-    entries = topk_entries(records, k)
+            if list(shape) != [n, k]:
+                raise ClinsumError(f"top-k tensor {name} has shape {shape}, expected [{n}, {k}]")
+    entries = topk_entries(lengths, k)
     write_safetensors_stream(topk_out, entries, (owner[name].get_tensor(name) for name, _, _ in entries), {"k": k})
+
+
+def spread(loads: list[tuple[int, int]]) -> dict:
+    """Documents and prompt tokens over shards: min, max, mean, and max/mean (how much longer the busiest
+    shard runs than an even split would)."""
+    result = {}
+    for position, name in enumerate(("documents", "prompt_tokens")):
+        values = [load[position] for load in loads]
+        mean = sum(values) / len(values) if values else 0.0
+        result[name] = {
+            "min": min(values, default=0),
+            "max": max(values, default=0),
+            "mean": round(mean, 1),
+            "max_over_mean": round(max(values) / mean, 3) if mean else None,
+        }
+    return result
 
 
 def summarize(paths: list[str | os.PathLike]) -> dict:
     """Per language: records, empty outputs, outputs cut by the token limit, retried, reports cropped to
-    fit teacher.max_prompt_tokens, tokens, seconds."""
+    fit teacher.max_prompt_tokens, tokens, seconds, and the spread of documents and prompt tokens over shards."""
     summary = {}
     for path in paths:
         counts = {"records": 0, "empty": 0, "length": 0, "retried": 0, "prompt_cropped": 0, "completion_tokens": 0, "seconds": 0.0}
-        lang = None
+        lang, load = None, {}
         for record in read_jsonl(path):
             lang = lang or record.get("lang")
+            shard = load.setdefault(record.get("shard"), [0, 0])
+            shard[0] += 1
+            shard[1] += int(record.get("prompt_tokens", 0))
             counts["records"] += 1
             counts["empty"] += int(not record["key_info"].strip())
             counts["length"] += int(record["finish_reason"] == "length")
@@ -542,8 +599,22 @@ def summarize(paths: list[str | os.PathLike]) -> dict:
             counts["completion_tokens"] += int(record.get("completion_tokens", 0))
             counts["seconds"] += float(record.get("seconds", 0.0))
         counts["seconds"] = round(counts["seconds"], 2)
+        counts["shards"] = _shard_spread(load)
         summary[lang or Path(path).stem] = counts
     return summary
+
+
+def _shard_spread(load: dict) -> dict | None:
+    """The spread over shards of records that name theirs ("i-of-n"), empty shards included; None when some
+    record names none (written before records did)."""
+    if not load or any(shard is None for shard in load):
+        return None
+    counts = {parse_scatteritem(shard)[1] for shard in load}
+    if len(counts) != 1:
+        return None  # shards of different runs: no single split to compare
+    count = counts.pop()
+    loads = [tuple(load.get(f"{index}-of-{count}", (0, 0))) for index in range(1, count + 1)]
+    return {"count": count, **spread(loads)}
 
 
 def teacher_stats(teacher_jsonl_paths: list[str | os.PathLike]) -> str:
@@ -624,7 +695,9 @@ def add_cli(subparsers) -> None:
     merge.add_argument("--topk-out", help="results/teacher/{lang}.topk.safetensors")
     merge.set_defaults(func=_gather)
 
-    summary = commands.add_parser("summary", help="per-language counts of empty, truncated and retried outputs")
+    summary = commands.add_parser(
+        "summary", help="per-language counts of empty, truncated and retried outputs; the load's spread over shards"
+    )
     summary.add_argument("--inputs", nargs="+", required=True, help="results/teacher/{lang}.jsonl files")
     summary.add_argument("--out", required=True, help="results/teacher/summary.json")
     summary.set_defaults(func=_summary)
