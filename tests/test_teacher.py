@@ -12,6 +12,7 @@ from clinsum import teacher
 from clinsum.chat import build_messages, encode_prompt
 from clinsum.generation import Completion, TransformersGenerator
 from clinsum.io import ClinsumError, read_jsonl, write_json, write_jsonl
+from clinsum.records import load_documents
 
 EXTRACT = "Extract the key information from clinical text"
 
@@ -45,7 +46,7 @@ def settings(**teacher_overrides) -> dict:
         "max_prompt_tokens": 2048,
     }
     section.update(teacher_overrides)
-    return {"teacher": section, "extract": EXTRACT, "role": "system"}
+    return {"teacher": section, "prompts": {"extract": EXTRACT, "role": "system"}}
 
 
 class FakeGenerator:
@@ -118,12 +119,12 @@ def test_shard_assignment_partitions_ids_and_is_stable():
         teacher.shard_of("doc", 0)
 
 
-def test_parse_scatteritem():
-    assert teacher.parse_scatteritem("1-of-1") == (0, 1)
-    assert teacher.parse_scatteritem("3-of-8") == (2, 8)
-    for bad in ("0-of-2", "3-of-2", "1of2", "a-of-b"):
-        with pytest.raises(ClinsumError, match="shard"):
-            teacher.parse_scatteritem(bad)
+def test_shard_position_is_checked(tmp_path, tiny_dir):
+    corpus, split, _ = make_corpus(tmp_path, n=2)
+    for index, count in ((0, 2), (3, 2)):
+        with pytest.raises(ClinsumError, match=f"shard {index} of {count}: the index must lie between 1 and the count"):
+            teacher.run_shard(corpus, split, tiny_dir, settings(), index, count, tmp_path / "o.jsonl",
+                              generator=FakeGenerator("x"))
 
 
 # --- one shard, resume ----------------------------------------------------------------------
@@ -132,9 +133,9 @@ def test_parse_scatteritem():
 def test_shard_writes_one_record_per_document(tmp_path, tiny_dir):
     corpus, split, ids = make_corpus(tmp_path)
     outs = []
-    for item in ("1-of-2", "2-of-2"):
-        out = tmp_path / "teacher" / "en" / f"{item}.jsonl"
-        counts = teacher.run_shard(corpus, split, tiny_dir, settings(), item, out, generator=FakeGenerator("a"))
+    for index in (1, 2):
+        out = tmp_path / "teacher" / "en" / f"{index}-of-2.jsonl"
+        counts = teacher.run_shard(corpus, split, tiny_dir, settings(), index, 2, out, generator=FakeGenerator("a"))
         assert counts["generated"] == counts["documents"]
         assert not teacher.partial_paths(out)["records"].exists()
         outs.append(out)
@@ -152,7 +153,7 @@ def test_killed_shard_resumes_without_regenerating(tmp_path, tiny_dir):
     topk_out = tmp_path / "teacher" / "en" / "1-of-1.topk.safetensors"
     config = settings(top_logprobs=2)
     with pytest.raises(KeyboardInterrupt):
-        teacher.run_shard(corpus, split, tiny_dir, config, "1-of-1", out, topk_out,
+        teacher.run_shard(corpus, split, tiny_dir, config, 1, 1, out, topk_out,
                           generator=FakeGenerator("first", die_after_calls=2))
     partial = teacher.partial_paths(out)
     assert not out.exists()
@@ -163,7 +164,7 @@ def test_killed_shard_resumes_without_regenerating(tmp_path, tiny_dir):
     kept = [json.loads(line) for line in lines[:5]]
 
     again = FakeGenerator("second")
-    counts = teacher.run_shard(corpus, split, tiny_dir, config, "1-of-1", out, topk_out, generator=again)
+    counts = teacher.run_shard(corpus, split, tiny_dir, config, 1, 1, out, topk_out, generator=again)
     assert counts == {"documents": 10, "kept": 5, "generated": 5, "retried": 0, "prompt_cropped": 0}
     assert sum(n for n, _ in again.calls) == 5  # only the missing documents were generated
     records = list(read_jsonl(out))
@@ -191,16 +192,16 @@ def test_partial_with_other_settings_is_discarded(tmp_path, tiny_dir):
     corpus, split, ids = make_corpus(tmp_path)
     out = tmp_path / "1-of-1.jsonl"
     with pytest.raises(KeyboardInterrupt):
-        teacher.run_shard(corpus, split, tiny_dir, settings(), "1-of-1", out, generator=FakeGenerator("a", 1))
+        teacher.run_shard(corpus, split, tiny_dir, settings(), 1, 1, out, generator=FakeGenerator("a", 1))
     changed = settings()
-    changed["extract"] = "List the diagnoses"
+    changed["prompts"]["extract"] = "List the diagnoses"
     again = FakeGenerator("b")
-    counts = teacher.run_shard(corpus, split, tiny_dir, changed, "1-of-1", out, generator=again)
+    counts = teacher.run_shard(corpus, split, tiny_dir, changed, 1, 1, out, generator=again)
     assert counts["kept"] == 0 and sum(n for n, _ in again.calls) == len(ids)
     # resources alone do not discard finished work
-    fingerprint = teacher.settings_fingerprint(teacher.normalize_settings(settings()), "m")
+    fingerprint = teacher.output_fingerprint(teacher.read_settings(settings()), tiny_dir)
     tuned = settings(resources={"gpu": 4})
-    assert teacher.settings_fingerprint(teacher.normalize_settings(tuned), "m") == fingerprint
+    assert teacher.output_fingerprint(teacher.read_settings(tuned), tiny_dir) == fingerprint
 
 
 def test_truncated_outputs_retried_once(tmp_path, tiny_dir):
@@ -208,7 +209,7 @@ def test_truncated_outputs_retried_once(tmp_path, tiny_dir):
     out = tmp_path / "1-of-1.jsonl"
     fake = FakeGenerator("t", truncate=True)
     counts = teacher.run_shard(
-        corpus, split, tiny_dir, settings(on_truncated="retry", batch_size=4), "1-of-1", out, generator=fake
+        corpus, split, tiny_dir, settings(on_truncated="retry", batch_size=4), 1, 1, out, generator=fake
     )
     assert fake.calls == [(4, 4), (4, 8)]
     assert counts["retried"] == 4
@@ -216,7 +217,7 @@ def test_truncated_outputs_retried_once(tmp_path, tiny_dir):
     assert all(r["retried"] and r["completion_tokens"] == 8 and r["finish_reason"] == "stop" for r in records)
 
     kept = FakeGenerator("t", truncate=True)
-    teacher.run_shard(corpus, split, tiny_dir, settings(batch_size=4), "1-of-1", tmp_path / "k.jsonl", generator=kept)
+    teacher.run_shard(corpus, split, tiny_dir, settings(batch_size=4), 1, 1, tmp_path / "k.jsonl", generator=kept)
     assert kept.calls == [(4, 4)]
     summary = teacher.summarize([tmp_path / "k.jsonl"])
     assert summary["en"]["length"] == 4 and summary["en"]["retried"] == 0 and summary["en"]["records"] == 4
@@ -234,7 +235,7 @@ def long_report_corpus(root: Path) -> tuple[Path, Path]:
 def test_over_long_report_is_cropped_and_counted(tmp_path, tiny_dir, tokenizer):
     corpus, split = long_report_corpus(tmp_path)
     out = tmp_path / "1-of-1.jsonl"
-    counts = teacher.run_shard(corpus, split, tiny_dir, settings(max_prompt_tokens=300), "1-of-1", out,
+    counts = teacher.run_shard(corpus, split, tiny_dir, settings(max_prompt_tokens=300), 1, 1, out,
                                generator=FakeGenerator("c"))
     assert counts["prompt_cropped"] == 1
     records = {r["id"]: r for r in read_jsonl(out)}
@@ -249,7 +250,7 @@ def test_over_long_report_stops_at_start_naming_it(tmp_path, tiny_dir):
     corpus, split = long_report_corpus(tmp_path)
     fake = FakeGenerator("e")
     with pytest.raises(ClinsumError, match=r"1 teacher prompts exceed teacher.max_prompt_tokens \(300\): long \(\d+ tokens\)"):
-        teacher.run_shard(corpus, split, tiny_dir, settings(max_prompt_tokens=300, on_long_prompt="error"), "1-of-1",
+        teacher.run_shard(corpus, split, tiny_dir, settings(max_prompt_tokens=300, on_long_prompt="error"), 1, 1,
                           tmp_path / "1-of-1.jsonl", generator=fake)
     assert fake.calls == []
 
@@ -257,18 +258,18 @@ def test_over_long_report_stops_at_start_naming_it(tmp_path, tiny_dir):
 def test_context_checked_before_any_engine(tmp_path, tiny_dir):
     """The model's own context (8,192 positions for the SmolLM2-shaped tiny model) and an explicit vLLM context
     must hold the longest prompt plus the longest answer (the retry's, when outputs are retried)."""
-    normalized = teacher.normalize_settings(settings(max_prompt_tokens=8000, max_new_tokens=64))["teacher"]
+    normalized = teacher.read_settings(settings(max_prompt_tokens=8000, max_new_tokens=64))["teacher"]
     assert teacher.check_context(tiny_dir, normalized) == 8064
-    too_long = teacher.normalize_settings(settings(max_prompt_tokens=8000, on_truncated="retry", retry_max_new_tokens=400))
+    too_long = teacher.read_settings(settings(max_prompt_tokens=8000, on_truncated="retry", retry_max_new_tokens=400))
     with pytest.raises(ClinsumError, match="8400 tokens exceeds the model's context .*max_position_embeddings 8192"):
         teacher.check_context(tiny_dir, too_long["teacher"])
-    engine = teacher.normalize_settings(settings(backend="vllm", max_prompt_tokens=4094, vllm={"max_model_len": 4096}))
+    engine = teacher.read_settings(settings(backend="vllm", max_prompt_tokens=4094, vllm={"max_model_len": 4096}))
     with pytest.raises(ClinsumError, match=r"teacher.vllm.max_model_len \(4096\) cannot hold .* \(4098\)"):
         teacher.check_context(tiny_dir, engine["teacher"])
     corpus, split = long_report_corpus(tmp_path)
     fake = FakeGenerator("x")
     with pytest.raises(ClinsumError, match="exceeds the model's context"):
-        teacher.run_shard(corpus, split, tiny_dir, settings(max_prompt_tokens=9000), "1-of-1", tmp_path / "o.jsonl",
+        teacher.run_shard(corpus, split, tiny_dir, settings(max_prompt_tokens=9000), 1, 1, tmp_path / "o.jsonl",
                           generator=fake)
     assert fake.calls == []
 
@@ -277,7 +278,7 @@ def test_split_id_missing_from_corpus_is_named(tmp_path, tiny_dir):
     corpus, split, ids = make_corpus(tmp_path)
     write_json(split, {"lang": "en", "train": ids + ["ghost"], "valid": [], "test": []})
     with pytest.raises(ClinsumError, match="ghost"):
-        teacher.run_shard(corpus, split, tiny_dir, settings(), "1-of-1", tmp_path / "o.jsonl",
+        teacher.run_shard(corpus, split, tiny_dir, settings(), 1, 1, tmp_path / "o.jsonl",
                           generator=FakeGenerator("a"))
 
 
@@ -333,10 +334,10 @@ def test_topk_sidecar_matches_direct_forward(tmp_path, tiny_dir):
     config = settings(top_logprobs=k, max_new_tokens=6, batch_size=2)
     generator = TransformersGenerator(tiny_dir, dtype="float32", batch_size=2)
     outs, topks = [], []
-    for item in ("1-of-2", "2-of-2"):
-        outs.append(tmp_path / f"{item}.jsonl")
-        topks.append(tmp_path / f"{item}.topk.safetensors")
-        teacher.run_shard(corpus, split, tiny_dir, config, item, outs[-1], topks[-1], generator=generator)
+    for index in (1, 2):
+        outs.append(tmp_path / f"{index}-of-2.jsonl")
+        topks.append(tmp_path / f"{index}-of-2.topk.safetensors")
+        teacher.run_shard(corpus, split, tiny_dir, config, index, 2, outs[-1], topks[-1], generator=generator)
     teacher.gather(split, outs, tmp_path / "en.jsonl", topks, tmp_path / "en.topk.safetensors")
     tensors = load_file(tmp_path / "en.topk.safetensors")
     records = list(read_jsonl(tmp_path / "en.jsonl"))
@@ -374,7 +375,9 @@ def test_summary_and_table2(tmp_path):
     summary = teacher.summarize([tmp_path / "fr.jsonl"])
     assert summary["fr"]["records"] == 3 and summary["fr"]["empty"] == 1
     assert summary["fr"]["length"] == 1 and summary["fr"]["retried"] == 1 and summary["fr"]["completion_tokens"] == 16
-    table = teacher.teacher_stats([tmp_path / "fr.jsonl"])
+    from clinsum.crop import table2_markdown
+
+    table = table2_markdown([tmp_path / "fr.jsonl"])
     assert "| fr | 3 | 4 | 0 | 8 |" in table and table.startswith("## Table 2")
 
 
@@ -389,9 +392,10 @@ def test_shard_parses_only_its_own_lines(tmp_path):
     ]
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("\n".join(lines) + "\n")
-    assert teacher.load_reports(corpus, ["mine", "late id"]) == {"mine": "my report", "late id": "id not first: parsed whole"}
+    texts = {doc_id: document.text for doc_id, document in load_documents(corpus, ["mine", "late id"]).items()}
+    assert texts == {"mine": "my report", "late id": "id not first: parsed whole"}
     with pytest.raises(ClinsumError, match="corpus.jsonl:2: invalid JSON"):
-        teacher.load_reports(corpus, ["other"])
+        load_documents(corpus, ["other"])
 
 
 def test_build_prompts_in_batches_equals_encode_prompt(tokenizer, monkeypatch):
@@ -407,12 +411,12 @@ def test_records_name_their_shard_and_the_summary_gives_the_spread(tmp_path, tin
     corpus, split, ids = make_corpus(tmp_path, n=10)
     outs = []
     with caplog.at_level("INFO", logger="clinsum.teacher"):
-        for item in ("1-of-3", "2-of-3", "3-of-3"):
-            outs.append(tmp_path / f"{item}.jsonl")
-            teacher.run_shard(corpus, split, tiny_dir, settings(), item, outs[-1], generator=FakeGenerator("a"))
+        for index in (1, 2, 3):
+            outs.append(tmp_path / f"{index}-of-3.jsonl")
+            teacher.run_shard(corpus, split, tiny_dir, settings(), index, 3, outs[-1], generator=FakeGenerator("a"))
         teacher.gather(split, outs, tmp_path / "en.jsonl")
     per_shard = [list(read_jsonl(out)) for out in outs]
-    assert all(r["shard"] == item for item, records in zip(("1-of-3", "2-of-3", "3-of-3"), per_shard) for r in records)
+    assert all((r["shard_index"], r["shard_count"]) == (index, 3) for index, records in zip((1, 2, 3), per_shard) for r in records)
     loads = [(len(records), sum(r["prompt_tokens"] for r in records)) for records in per_shard]
     summary = teacher.summarize([tmp_path / "en.jsonl"])["en"]["shards"]
     assert summary["count"] == 3
@@ -422,7 +426,7 @@ def test_records_name_their_shard_and_the_summary_gives_the_spread(tmp_path, tin
     assert summary["prompt_tokens"]["max_over_mean"] == round(max(p for _, p in loads) / (sum(p for _, p in loads) / 3), 3)
     # the shard's log and the gather's log give each shard's load
     documents, prompt_tokens = loads[1]
-    assert f"shard 2-of-3 done: {documents} documents, {prompt_tokens} prompt tokens" in caplog.text
+    assert f"shard 2 of 3 done: {documents} documents, {prompt_tokens} prompt tokens" in caplog.text
     assert f"2-of-3.jsonl: {documents} documents, {prompt_tokens} prompt tokens" in caplog.text
     assert "spread over 3 shards" in caplog.text
 
@@ -432,8 +436,8 @@ def test_spread_counts_empty_shards_and_records_without_a_shard():
         "documents": {"min": 0, "max": 4, "mean": 2.0, "max_over_mean": 2.0},
         "prompt_tokens": {"min": 0, "max": 200, "mean": 100.0, "max_over_mean": 2.0},
     }
-    assert teacher._shard_spread({"1-of-3": [2, 100], "3-of-3": [4, 200]})["documents"]["min"] == 0
-    assert teacher._shard_spread({None: [3, 10]}) is None
+    assert teacher._shard_spread({(1, 3): [2, 100], (3, 3): [4, 200]})["documents"]["min"] == 0
+    assert teacher._shard_spread({(None, None): [3, 10]}) is None
 
 
 def test_gather_names_a_record_repeated_within_a_shard(tmp_path):

@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .chat import ChatCropper, CroppedExample, build_messages, crop_example
-from .io import ClinsumError, JsonlIndex, atomic_path, read_json, read_jsonl
+from .io import ClinsumError, JsonlIndex, atomic_path, read_jsonl
+from .records import SPLITS, Document, iter_documents, read_split
+from .settings import parse_settings
 
 log = logging.getLogger(__name__)
 
@@ -131,21 +133,21 @@ def reference_batches(batches: Iterable[list[tuple[str, str, str]]], tokenizer_d
 # the stage
 
 
-def _documents(corpus_path: Path, split_path: Path, lang: str, stats: dict) -> Iterator[tuple[dict, str]]:
-    """(record, split name) of each train/valid document in corpus order; counts every document's characters."""
-    split = read_json(split_path)
-    where = {doc_id: name for name in ("train", "valid", "test") for doc_id in split[name]}
-    stats["counts"][lang] = {name: len(split[name]) for name in ("train", "valid", "test")}
-    for record in read_jsonl(corpus_path):
-        name = where.get(record["id"])
+def _documents(corpus_path: Path, split_path: Path, lang: str, stats: dict) -> Iterator[tuple[Document, str]]:
+    """(document, split name) of each train/valid document in corpus order; counts every document's characters."""
+    split = read_split(split_path, lang)
+    where = {doc_id: name for name in SPLITS for doc_id in split[name]}
+    stats["counts"][lang] = {name: len(split[name]) for name in SPLITS}
+    for _, document in iter_documents(corpus_path):
+        name = where.get(document.id)
         if name is None:
-            raise ClinsumError(f"{split_path}: document {record['id']} is in no split; rerun split")
+            raise ClinsumError(f"{split_path}: document {document.id} is in no split; rerun split")
         chars = stats["chars"].setdefault(lang, {}).setdefault(name, {"text": Spread(), "summary": Spread()})
-        chars["text"].add(len(record["text"]))
-        if record["summary"] is not None:
-            chars["summary"].add(len(record["summary"]))
+        chars["text"].add(len(document.text))
+        if document.summary is not None:
+            chars["summary"].add(len(document.summary))
         if name in TRAIN_SPLITS:
-            yield record, name
+            yield document, name
 
 
 def _specs(corpus_dir, split_dir, languages, settings: dict, teacher_dir, stats: dict):
@@ -156,13 +158,13 @@ def _specs(corpus_dir, split_dir, languages, settings: dict, teacher_dir, stats:
             teacher = stack.enter_context(JsonlIndex(Path(teacher_dir) / f"{lang}.jsonl")) if teacher_dir else None
             summarize = settings.get("train_summarize") or settings["summarize"][lang]
             corpus, split = Path(corpus_dir) / f"{lang}.jsonl", Path(split_dir) / f"{lang}.json"
-            for record, name in _documents(corpus, split, lang, stats):
-                yield lang, name, "summarize", record, summarize, record["summary"].strip(), None
+            for document, name in _documents(corpus, split, lang, stats):
+                yield lang, name, "summarize", document, summarize, document.summary.strip(), None
                 if teacher is not None:
-                    key_info = teacher.get(record["id"])
+                    key_info = teacher.get(document.id)
                     if key_info is None:
-                        raise ClinsumError(f"{teacher.path}: no teacher record for {record['id']}")
-                    yield lang, name, "extract", record, settings["extract"], key_info["key_info"].strip(), key_info
+                        raise ClinsumError(f"{teacher.path}: no teacher record for {document.id}")
+                    yield lang, name, "extract", document, settings["extract"], key_info["key_info"].strip(), key_info
 
 
 def _batched(items: Iterable, size: int) -> Iterator[list]:
@@ -177,8 +179,8 @@ def _batched(items: Iterable, size: int) -> Iterator[list]:
 
 
 def _example(spec, settings: dict, cropped: CroppedExample) -> dict:
-    lang, _, task, record, instruction, answer, key_info = spec
-    example = example_record(record["id"], lang, task, instruction, record["text"], answer, settings["role"], cropped)
+    lang, _, task, document, instruction, answer, key_info = spec
+    example = example_record(document.id, lang, task, instruction, document.text, answer, settings["role"], cropped)
     if key_info is not None:
         if key_info.get("token_ids") is not None:
             example["teacher_token_ids"] = key_info["token_ids"][: settings["answer_tokens"]]
@@ -220,7 +222,7 @@ def crop_corpus(
         def batches():
             for batch in _batched(specs, DOCUMENTS_PER_BATCH * (2 if teacher_dir else 1)):
                 in_flight.append(batch)
-                yield [(spec[4], spec[3]["text"], spec[5]) for spec in batch]
+                yield [(spec[4], spec[3].text, spec[5]) for spec in batch]
 
         if per_document:
             cropped_batches = reference_batches(batches(), tokenizer_dir, settings)
@@ -235,9 +237,7 @@ def crop_corpus(
                 examples += 1
     tables = stats_markdown(stats, settings)
     if teacher_dir:
-        from .teacher import teacher_stats
-
-        tables += "\n" + teacher_stats([Path(teacher_dir) / f"{lang}.jsonl" for lang in languages])
+        tables += "\n" + table2_markdown([Path(teacher_dir) / f"{lang}.jsonl" for lang in languages])
     with atomic_path(out_dir / "stats.md") as handle:
         handle.write(tables)
     documents = sum(sum(counts.values()) for counts in stats["counts"].values())
@@ -246,6 +246,27 @@ def crop_corpus(
     log.info("cropped %d documents (%d examples) in %.1f s: %.0f documents/s; %d examples by the per-document path",
              documents, examples, seconds, documents / max(seconds, 1e-9), fallbacks)
     return stats
+
+
+def table2_markdown(teacher_jsonl_paths: list[str | os.PathLike]) -> str:
+    """Table 2 of the paper as markdown: characters of the teacher's key information per language."""
+    lines = [
+        "## Table 2: teacher key information, characters per language",
+        "",
+        "| language | documents | mean | min | max |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for path in teacher_jsonl_paths:
+        lengths, lang = [], None
+        for record in read_jsonl(path):
+            lang = lang or record.get("lang")
+            lengths.append(len(record["key_info"]))
+        lang = lang or Path(path).stem
+        if lengths:
+            lines.append(f"| {lang} | {len(lengths)} | {sum(lengths) / len(lengths):.0f} | {min(lengths)} | {max(lengths)} |")
+        else:
+            lines.append(f"| {lang} | 0 | – | – | – |")
+    return "\n".join(lines) + "\n"
 
 
 def stats_markdown(stats: dict, settings: dict) -> str:
@@ -280,19 +301,20 @@ def stats_markdown(stats: dict, settings: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def crop_settings(settings: str | dict) -> dict:
+    """The rule's `--settings` ({"crop": <section>, "prompts": <section>}), validated with the schema's
+    defaults, as the flat settings crop works with: prompt_tokens, answer_tokens, role, extract, summarize,
+    train_summarize."""
+    config = parse_settings(settings)
+    prompts = config["prompts"]
+    return {**config["crop"], **{key: prompts[key] for key in ("role", "extract", "summarize", "train_summarize")}}
+
+
 def _run(args) -> None:
     if args.workers < 1:
         raise ClinsumError(f"--workers must be at least 1, got {args.workers}")
-    crop_corpus(
-        args.corpus_dir,
-        args.split_dir,
-        args.languages,
-        args.tokenizer,
-        json.loads(args.settings),
-        args.out_dir,
-        args.teacher_dir,
-        args.workers,
-    )
+    crop_corpus(args.corpus_dir, args.split_dir, args.languages, args.tokenizer, crop_settings(args.settings),
+                args.out_dir, args.teacher_dir, args.workers)
 
 
 def add_cli(subparsers) -> None:
@@ -305,7 +327,7 @@ def add_cli(subparsers) -> None:
     parser.add_argument(
         "--settings",
         required=True,
-        help="JSON: prompt_tokens, answer_tokens, role, extract, summarize {lang: prompt}, train_summarize",
+        help='JSON: {"crop": <the config\'s crop section>, "prompts": <its prompts section>}',
     )
     parser.add_argument("--out-dir", required=True, help="writes train.jsonl, valid.jsonl, stats.md here")
     parser.add_argument(

@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from .io import ClinsumError, read_json, read_jsonl, write_json
+from .io import ClinsumError, iter_jsonl_lines, line_id, parse_line, read_json, read_jsonl, write_json
 
 SPLITS = ("train", "valid", "test")
 
@@ -39,17 +39,26 @@ def some(ids: list[str], limit: int = 20) -> str:
 def iter_documents(corpus_path: str | os.PathLike) -> Iterator[tuple[int, Document]]:
     """(record number, document) of a corpus file, streaming; a record without id or text stops naming it."""
     for number, record in enumerate(read_jsonl(corpus_path), start=1):
-        if not isinstance(record, dict) or not record.get("id") or not isinstance(record.get("text"), str):
-            raise ClinsumError(f"{corpus_path}: record {number} is not a document (an id and a `text` string)")
-        yield number, Document(str(record["id"]), record.get("lang"), record["text"], record.get("summary"))
+        yield number, _document(corpus_path, number, record)
+
+
+def _document(path, number: int, record) -> Document:
+    if not isinstance(record, dict) or not record.get("id") or not isinstance(record.get("text"), str):
+        raise ClinsumError(f"{path}: record {number} is not a document (an id and a `text` string)")
+    return Document(str(record["id"]), record.get("lang"), record["text"], record.get("summary"))
 
 
 def load_documents(corpus_path: str | os.PathLike, ids: Iterable[str]) -> dict[str, Document]:
-    """The documents with these ids, streaming the corpus (only they stay in memory); an id twice in the
-    corpus, a record without text, or a wanted id missing from it stops with the file and the ids."""
+    """The documents with these ids, streaming the corpus: only their lines are parsed (the others are
+    recognized by the id that starts them, as the stages write records) and only they stay in memory. An id
+    twice in the corpus, a record without text, or a wanted id missing from it stops with the file and ids."""
     wanted = set(ids)
     found: dict[str, Document] = {}
-    for number, document in iter_documents(corpus_path):
+    for number, _, line in iter_jsonl_lines(corpus_path):
+        peeked = line_id(line)
+        if peeked is not None and peeked not in wanted:
+            continue  # a document not asked for
+        document = _document(corpus_path, number, parse_line(corpus_path, number, line))
         if document.id not in wanted:
             continue
         if document.id in found:

@@ -220,12 +220,14 @@ def crop_teacher_input(wildcards):
 
 
 def crop_settings():
+    """What changes the cropped examples: the crop budgets and the prompts they are cropped in."""
+    prompts = config["prompts"]
     return {
-        **config["crop"],
-        "role": config["prompts"]["role"],
-        "extract": config["prompts"]["extract"],
-        "summarize": config["prompts"]["summarize"],
-        "train_summarize": config["prompts"].get("train_summarize"),
+        "crop": config["crop"],
+        "prompts": {
+            key: prompts[key]
+            for key in ("role", "extract", "summarize", "train_summarize")
+        },
     }
 
 
@@ -260,16 +262,24 @@ check_kl_has_teacher_topk()
 
 
 def teacher_settings():
-    """What changes the teacher's output: its section (not resources) and the extraction prompt."""
+    """What changes the teacher's output: its section (not how its jobs run) and the extraction prompt."""
     return {
         "teacher": {
             key: value
             for key, value in config["teacher"].items()
             if key not in JOB_KEYS
         },
-        "extract": config["prompts"]["extract"],
-        "role": config["prompts"]["role"],
+        "prompts": {
+            "extract": config["prompts"]["extract"],
+            "role": config["prompts"]["role"],
+        },
     }
+
+
+def shard_of_scatteritem(wildcards):
+    """Snakemake's scatter item `i-of-n` as the teacher's --shard-index i --shard-count n."""
+    index, count = wildcards.scatteritem.split("-of-")
+    return f"--shard-index {index} --shard-count {count}"
 
 
 def teacher_shard_outputs():

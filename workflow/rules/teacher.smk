@@ -25,12 +25,13 @@ rule teacher:
     params:
         python=stage_python("teacher"),
         settings=as_json(teacher_settings()),
+        shard=shard_of_scatteritem,
         topk=lambda wildcards, output: (
             f"--topk-out {output.topk}" if TEACHER_TOPK else ""
         ),
     shell:
         "{params.python:q} -m clinsum teacher run --corpus {input.corpus} --split {input.split} --model-dir {input.model:q}"
-        " --settings {params.settings:q} --shard {wildcards.scatteritem} --lang {wildcards.lang}"
+        " --settings {params.settings:q} {params.shard} --lang {wildcards.lang}"
         " --threads {threads} --out {output.records} {params.topk} > {log} 2>&1"
 
 
