@@ -92,7 +92,7 @@ def crop_settings(prompt_tokens: int = 2566, answer_tokens: int = 512) -> dict:
 def teacher_settings(k: int) -> dict:
     return {"teacher": {"model": "stand-in", "backend": "transformers", "max_new_tokens": 512, "top_logprobs": k,
                         "batch_size": 64, "max_prompt_tokens": 15360},
-            "extract": EXTRACT, "role": "system"}
+            "prompts": {"extract": EXTRACT, "role": "system"}}
 
 
 def default_tokenizer(cache: Path) -> Path:
@@ -167,8 +167,9 @@ def child_teacher(args) -> dict:
         out = root / f"teacher-k{args.k}" / "en" / f"{item}.jsonl"
         topk = out.with_name(f"{item}.topk.safetensors") if args.k else None
         started = time.perf_counter()
+        index, count = map(int, item.split("-of-"))
         counts = teacher.run_shard(root / "corpus" / "en.jsonl", root / "split" / "en.json", args.tokenizer,
-                                   teacher_settings(args.k), item, out, topk, "en", generator=StandInGenerator())
+                                   teacher_settings(args.k), index, count, out, topk, "en", generator=StandInGenerator())
         records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
         generated = sum(len(r["token_ids"]) for r in records)
         rows.append({"shard": item, "seconds": round(time.perf_counter() - started, 2), "documents": counts["documents"],
@@ -187,9 +188,11 @@ def compare_prompts(root: Path, tokenizer_dir, item: str) -> dict:
     from clinsum import teacher
     from clinsum.chat import build_messages, encode_prompt
 
-    index, shards = teacher.parse_scatteritem(item)
-    texts = teacher.load_reports(root / "corpus" / "en.jsonl",
-                                 teacher.shard_ids(teacher.teacher_ids(root / "split" / "en.json"), index, shards))
+    from clinsum.records import load_documents
+
+    index, shards = map(int, item.split("-of-"))
+    ids = teacher.shard_ids(teacher.annotated_ids(root / "split" / "en.json"), index - 1, shards)
+    texts = {doc_id: document.text for doc_id, document in load_documents(root / "corpus" / "en.jsonl", ids).items()}
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     started = time.perf_counter()
     batched = teacher.build_prompts(tokenizer, texts, EXTRACT, "system")
