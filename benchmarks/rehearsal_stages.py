@@ -131,7 +131,7 @@ def crop_settings(config: dict) -> dict:
 
 
 def teacher_stage(work: Path, config: dict) -> dict:
-    shards = config["teacher"]["shards"]
+    shards = config["teacher"]["shards"]  # --shards overrides it (into config)
     settings = {"teacher": {k: v for k, v in config["teacher"].items() if k not in ("resources", "python")},
                 "prompts": {"extract": config["prompts"]["extract"], "role": config["prompts"]["role"]}}
     child = [sys.executable, "-c", TEACHER_CHILD]
@@ -177,13 +177,17 @@ def main(argv=None) -> int:
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--documents", type=int, default=592, help="gold pairs per language (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=5, help="training steps (default: %(default)s)")
+    parser.add_argument("--shards", type=int, help="teacher shards a language (default: the rehearsal's teacher.shards)")
     parser.add_argument("--work", type=Path, help="working folder (default: a temporary one, removed)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "rehearsal_stages.json")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="rehearsal-") as scratch:
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
-        rows = run_stages(work, rehearsal_config(), args.documents, args.steps)
+        config = rehearsal_config()
+        if args.shards:
+            config["teacher"]["shards"] = args.shards
+        rows = run_stages(work, config, args.documents, args.steps)
     print_table(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": platform.platform(), "cpus": os.cpu_count(), "documents_per_language": args.documents,

@@ -72,3 +72,24 @@ def test_train_throughput_reports_a_failed_recipe_and_keeps_the_others(tmp_path)
     results = json.loads(out.read_text())["results"]
     assert results["ours"]["error"].startswith("ValueError: tokens_per_batch must be positive")
     assert results["ours_max"]["useful_tokens"] == 3078 and "error" not in results["ours_max"]
+
+
+@pytest.mark.slow
+def test_rehearsal_stages_runs_every_stage_with_the_rehearsals_settings(tmp_path):
+    out = tmp_path / "stages.json"
+    command = [sys.executable, str(REPO / "benchmarks" / "rehearsal_stages.py"), "--documents", "6", "--steps", "1",
+               "--shards", "1", "--work", str(tmp_path / "work"), "--out", str(out)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    stages = {row["stage"].split(" ")[0]: row for row in json.loads(out.read_text())["stages"]}
+    assert list(stages) == ["models", "synthetic", "ingest", "split", "teacher", "crop", "train"]
+    assert stages["synthetic"]["documents"] == stages["ingest"]["documents"] == 24
+    assert all(row["seconds"] > 0 and 0 < row["peak_gib"] < 8 for row in stages.values())
+    assert stages["teacher"]["processes"] == 4 + 4 + 1  # a shard and a gather per language, the summary
+    work = tmp_path / "work"
+    # the paper's crop budgets held, and one distil step a document
+    crops = [json.loads(line) for line in (work / "data" / "train.jsonl").open()]
+    assert max(c["prompt_tokens"] for c in crops) <= 2566 and max(c["answer_tokens"] for c in crops) <= 512
+    log = (work / "model" / "train_log.csv").read_text().splitlines()
+    assert len(log) == 1 + 1
+

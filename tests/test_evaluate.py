@@ -189,7 +189,7 @@ def test_only_unscored_documents(tmp_path, bertscore_encoder_dir):
 
 def test_a_predicted_document_missing_from_the_corpus_is_named(tmp_path, bertscore_encoder_dir):
     predictions, corpus = write_inputs(tmp_path, RECORDS[:2], {"multiclinsum_gs_es_1": "Informe."})
-    with pytest.raises(ClinsumError, match=r"corpus.jsonl: 1 predicted document\(s\) are not in the corpus"):
+    with pytest.raises(ClinsumError, match=r"corpus.jsonl: 1 document\(s\) asked for are not in the corpus"):
         evaluate.evaluate_file(predictions, corpus, tmp_path / "o.json", SETTINGS, bertscore_encoder_dir, "m", "es")
 
 

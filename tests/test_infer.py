@@ -202,7 +202,7 @@ def test_missing_test_id_is_an_error(tmp_path):
     data = json.loads(split.read_text())
     data["test"].append("en_404")
     split.write_text(json.dumps(data))
-    with pytest.raises(ClinsumError, match=r"en\.jsonl: 1 split ids not in the corpus: en_404"):
+    with pytest.raises(ClinsumError, match=r"en\.jsonl: 1 document\(s\) asked for are not in the corpus: en_404"):
         infer.load_test_documents(corpus, split, "en")
 
 

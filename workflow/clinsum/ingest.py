@@ -44,7 +44,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
-class Document:
+class FilePair:
+    """A document as files: its report and (outside test sets) its summary, wherever they lie."""
+
     lang: str
     set: str
     number: int
@@ -222,7 +224,7 @@ class DocumentIndex:
             return Location(f"{path}{os.sep}{member}")
         return Location(path, (*chain, member), None if entry[0] is None else ZipEntry._make(entry))
 
-    def documents(self) -> Iterator[tuple[Document, list[tuple[str, Location]]]]:
+    def documents(self) -> Iterator[tuple[FilePair, list[tuple[str, Location]]]]:
         """(document, files that repeat one of its slots) in order: language, sets with summaries
         before the others, set, number; within a document, files in the order they were listed."""
         self._flush()
@@ -232,7 +234,7 @@ class DocumentIndex:
             " ORDER BY lang, late, doc_set, n, rowid"
         )
         for (lang, doc_set, number), group in itertools.groupby(rows, key=operator.itemgetter(0, 1, 2)):
-            doc, repeated = Document(lang, doc_set, number), []
+            doc, repeated = FilePair(lang, doc_set, number), []
             for _, _, _, is_summary, container, member, *entry in group:
                 location = self._location(container, member, entry)
                 slot = "summary" if is_summary else "report"
@@ -281,7 +283,7 @@ def read_layout(root: Path, manifest: Manifest, layout: Layout, index: DocumentI
                 yield record
 
 
-def _read_document(doc: Document, doc_id: str, layout: Layout, manifest: Manifest, archives: Archives) -> dict | None:
+def _read_document(doc: FilePair, doc_id: str, layout: Layout, manifest: Manifest, archives: Archives) -> dict | None:
     """The record of one indexed document, or None after recording why it is skipped."""
     where = doc.report or doc.summary
     if manifest.count_read(doc.lang) is None:

@@ -18,7 +18,8 @@ import logging
 from pathlib import Path
 
 from .batching import optimizer_plan
-from .io import ClinsumError, read_json, read_jsonl
+from .io import ClinsumError, read_jsonl
+from .records import load_documents, read_split
 from .settings import merge, parse_config
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def train_documents(split_dir: Path, languages: list[str]) -> int | None:
     paths = [split_dir / f"{lang}.json" for lang in languages]
     if not all(path.is_file() for path in paths):
         return None
-    return sum(len(read_json(path)["train"]) for path in paths)
+    return sum(len(read_split(path)["train"]) for path in paths)
 
 
 def tokens_per_document(train_jsonl: Path, variant: str) -> list[int] | None:
@@ -99,13 +100,11 @@ def teacher_prompts_over(config: dict, corpus_dir: Path, split_dir: Path) -> dic
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     prompts = over = longest = 0
     for lang in languages:
-        split = read_json(split_dir / f"{lang}.json")
-        wanted = set(split["train"]) | set(split["valid"])
-        for record in read_jsonl(corpus_dir / f"{lang}.jsonl"):
-            if record["id"] in wanted:
-                n = len(encode_prompt(tokenizer, build_messages(config["prompts"]["extract"], record["text"],
-                                                                role=config["prompts"]["role"])))
-                prompts, over, longest = prompts + 1, over + (n > limit), max(longest, n)
+        split = read_split(split_dir / f"{lang}.json", lang)
+        for document in load_documents(corpus_dir / f"{lang}.jsonl", split["train"] + split["valid"]).values():
+            n = len(encode_prompt(tokenizer, build_messages(config["prompts"]["extract"], document.text,
+                                                            role=config["prompts"]["role"])))
+            prompts, over, longest = prompts + 1, over + (n > limit), max(longest, n)
     result.update(prompts=prompts, over=over, longest=longest)
     return result
 

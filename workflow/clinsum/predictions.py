@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .io import ClinsumError, read_jsonl
+from .records import load_documents
 
 
 def load_predictions(path: str | Path, lang: str | None = None) -> list[dict]:
@@ -30,17 +31,4 @@ def load_predictions(path: str | Path, lang: str | None = None) -> list[dict]:
 
 def load_sources(corpus_path: str | Path, ids: list[str]) -> dict[str, str]:
     """id -> report text for the given ids, streaming the corpus (results/corpus/{lang}.jsonl)."""
-    wanted, found = set(ids), {}
-    for number, record in enumerate(read_jsonl(corpus_path), start=1):
-        doc_id = str(record.get("id"))
-        if doc_id not in wanted:
-            continue
-        if not isinstance(record.get("text"), str):
-            raise ClinsumError(f"{corpus_path}: record {number} ({doc_id!r}) has no `text` string")
-        found[doc_id] = record["text"]
-    missing = [doc_id for doc_id in ids if doc_id not in found]
-    if missing:
-        raise ClinsumError(
-            f"{corpus_path}: {len(missing)} predicted document(s) are not in the corpus, e.g. {missing[:3]}"
-        )
-    return found
+    return {doc_id: document.text for doc_id, document in load_documents(corpus_path, ids).items()}

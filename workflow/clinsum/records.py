@@ -66,7 +66,7 @@ def load_documents(corpus_path: str | os.PathLike, ids: Iterable[str]) -> dict[s
         found[document.id] = document
     missing = sorted(wanted - found.keys())
     if missing:
-        raise ClinsumError(f"{corpus_path}: {len(missing)} split ids not in the corpus: {some(missing)}")
+        raise ClinsumError(f"{corpus_path}: {len(missing)} document(s) asked for are not in the corpus: {some(missing)}")
     return found
 
 
