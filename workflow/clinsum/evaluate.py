@@ -238,9 +238,7 @@ def add_cli(subparsers) -> None:
     parser.add_argument(
         "--settings",
         required=True,
-        help='the config\'s evaluate section as JSON: {"protocol": "paper"|"multiclinsum2026"|"multiclinsum2025", '
-        '"bertscore": {"batch_size": INT}, and any part the protocol sets, to override it: "rouge_tokenizer", '
-        '"rouge_stemmer", "bertscore": {"model", "num_layers", "max_tokens", "clamp"}}',
+        help='JSON: {"evaluate": <the config\'s evaluate section>} (the schema\'s defaults fill the rest)',
     )
     parser.add_argument(
         "--bertscore-model", required=True, help="local directory of this language's BERTScore encoder"

@@ -259,9 +259,7 @@ def add_cli(subparsers) -> None:
     parser.add_argument(
         "--settings",
         required=True,
-        help='the config\'s judge section as JSON: {"backend", "dtype", "batch_size", "vllm", "max_input_tokens", '
-        '"max_new_tokens", "temperature", "prompts": {"system", "user" (with {report} and {summary}), '
-        '"retry" (with {error})}}',
+        help='JSON: {"judge": <the config\'s judge section>} (the schema\'s defaults fill the rest)',
     )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out", required=True, help="results/judge/{model}/{lang}.json")
