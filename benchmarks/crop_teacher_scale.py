@@ -141,8 +141,8 @@ def child_crop(args) -> dict:
     root = Path(args.root)
     import transformers  # noqa: F401  (imported before the clock starts, in both modes)
 
-    options = {"per_document": True} if args.mode == "per_document" else {"workers": args.workers}
-    out = root / f"data-{args.mode}-{args.workers}"
+    options = {"per_document": True} if args.mode == "per_document" else {"workers": args.workers, "threads": args.threads}
+    out = root / f"data-{args.mode}-{args.workers}-{args.threads}"
     stats = crop_corpus(root / "corpus", root / "split", list(LANGUAGES), args.tokenizer, crop_settings(), out,
                         root / "teacher", **options)
     digest = hashlib.sha256()
@@ -235,13 +235,17 @@ def bench_crop(root: Path, documents: int, tokenizer: str, workers: int, per_doc
     print(f"crop: writing {documents} documents ...", file=sys.stderr, flush=True)
     corpus = write_corpus(root, documents)
     runs = {}
-    for mode, count in ([("per_document", 1)] if per_document else []) + [("batched", 1), ("batched", workers)]:
-        name = mode if mode == "per_document" else f"batched x{count}"
+    # (mode, worker processes, tokenizer threads): the reference, one thread, the job's cores as the tokenizer's
+    # threads in one process (what the crop rule runs), the job's cores as worker processes
+    plans = ([("per_document", 1, 1)] if per_document else []) + [("batched", 1, 1), ("batched", 1, workers),
+                                                                   ("batched", workers, 1)]
+    for mode, count, threads in plans:
+        name = mode if mode == "per_document" else f"batched, {count} process{'es' if count > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}"
         if name in runs:
             continue
         print(f"crop: {documents} documents, {name} ...", file=sys.stderr, flush=True)
         runs[name] = run_child("crop", "--root", str(root), "--tokenizer", tokenizer, "--mode", mode,
-                               "--workers", str(count))
+                               "--workers", str(count), "--threads", str(threads))
     digests = {run["sha256"] for run in runs.values()}
     return {**corpus, "runs": runs, "same_output": len(digests) == 1}
 
@@ -316,7 +320,9 @@ def main(argv=None) -> None:
     parser.add_argument("--documents", default="1000,10000", help="crop corpus sizes, comma-separated (0: skip crop)")
     parser.add_argument("--per-document-up-to", type=int, default=10000,
                         help="run today's per-document crop for sizes up to this (it takes ~20 ms a document)")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes of the second batched run")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="the cores the batched runs use: as tokenizer threads in one process, then as processes")
+    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--teacher-documents", type=int, default=26500, help="documents of the teacher's language (0: skip)")
     parser.add_argument("--shards", type=int, default=32, help="teacher shards")
     parser.add_argument("--topk", default="8,20", help="top-k widths whose sidecar is measured, comma-separated")

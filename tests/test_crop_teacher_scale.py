@@ -62,11 +62,12 @@ def test_benchmark_runs_end_to_end_on_a_tiny_corpus(tmp_path, qwen_dir):
 
     crop = report["crop"][0]
     assert crop["documents"] == 40 and crop["same_output"]
-    assert set(crop["runs"]) == {"per_document", "batched x1", "batched x2"}
+    assert set(crop["runs"]) == {"per_document", "batched, 1 process x 1 thread", "batched, 1 process x 2 threads",
+                                 "batched, 2 processes x 1 thread"}
     examples = {run["examples"] for run in crop["runs"].values()}
     assert len(examples) == 1 and examples.pop() > 40  # both tasks of every train/valid document
     assert all(run["fallbacks"] == 0 for name, run in crop["runs"].items() if name != "per_document")
-    assert crop["runs"]["batched x2"]["workers_peak_gib"] > 0  # the workers ran in processes of their own
+    assert crop["runs"]["batched, 2 processes x 1 thread"]["workers_peak_gib"] > 0  # workers in processes of their own
 
     teacher = report["teacher"]
     split = read_json(tmp_path / "work" / "teacher-60" / "split" / "en.json")

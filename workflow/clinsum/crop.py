@@ -93,12 +93,17 @@ def _cropper(tokenizer_dir, settings: dict) -> ChatCropper:
 
 
 def crop_batches(
-    batches: Iterable[list[tuple[str, str, str]]], tokenizer_dir, settings: dict, workers: int = 1
+    batches: Iterable[list[tuple[str, str, str]]], tokenizer_dir, settings: dict, workers: int = 1, threads: int = 1
 ) -> Iterator[tuple[list[CroppedExample], int]]:
     """(cropped examples, how many took the per-document path) for each batch of (instruction, report,
-    answer), in order; with workers > 1, in that many processes, a few batches in flight at a time."""
-    # one thread per process: `workers` is all the job asked for (and forked workers must not inherit threads)
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    answer), in order; in one process whose tokenizer encodes a batch's texts on `threads` threads, or with
+    workers > 1 in that many single-threaded processes, a few batches in flight at a time."""
+    # the job's cores: the tokenizer's own threads in one process (fastest: no copies between processes), or one
+    # thread per worker process (forked workers must not inherit a thread pool)
+    parallel = workers <= 1 and threads > 1
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if parallel else "false"
+    if parallel:
+        os.environ["RAYON_NUM_THREADS"] = str(threads)  # read when the tokenizer first runs in parallel
     cropper = _cropper(tokenizer_dir, settings)
     if workers <= 1:
         for batch in batches:
@@ -208,6 +213,7 @@ def crop_corpus(
     teacher_dir: str | Path | None = None,
     workers: int = 1,
     per_document: bool = False,
+    threads: int = 1,
 ) -> dict:
     """Write {out_dir}/train.jsonl, valid.jsonl and stats.md; return the statistics (and counts: documents,
     examples, fallbacks, seconds). `per_document` crops with the reference functions instead."""
@@ -227,7 +233,7 @@ def crop_corpus(
         if per_document:
             cropped_batches = reference_batches(batches(), tokenizer_dir, settings)
         else:
-            cropped_batches = crop_batches(batches(), tokenizer_dir, settings, workers)
+            cropped_batches = crop_batches(batches(), tokenizer_dir, settings, workers, threads)
         for cropped, fell_back in cropped_batches:
             fallbacks += fell_back
             for spec, result in zip(in_flight.popleft(), cropped):
@@ -311,10 +317,10 @@ def crop_settings(settings: str | dict) -> dict:
 
 
 def _run(args) -> None:
-    if args.workers < 1:
-        raise ClinsumError(f"--workers must be at least 1, got {args.workers}")
+    if args.workers < 1 or args.threads < 1:
+        raise ClinsumError(f"--workers and --threads must be at least 1, got {args.workers} and {args.threads}")
     crop_corpus(args.corpus_dir, args.split_dir, args.languages, args.tokenizer, crop_settings(args.settings),
-                args.out_dir, args.teacher_dir, args.workers)
+                args.out_dir, args.teacher_dir, args.workers, threads=args.threads)
 
 
 def add_cli(subparsers) -> None:
@@ -331,6 +337,9 @@ def add_cli(subparsers) -> None:
     )
     parser.add_argument("--out-dir", required=True, help="writes train.jsonl, valid.jsonl, stats.md here")
     parser.add_argument(
-        "--workers", type=int, default=1, help="processes that crop batches of documents in parallel (default: 1)"
+        "--threads", type=int, default=1, help="the tokenizer's threads in one process (default: 1)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes that crop batches in parallel, one thread each (default: 1)"
     )
     parser.set_defaults(func=_run)

@@ -91,7 +91,7 @@ rule crop:
         "results/logs/crop.log",
     conda:
         "../../envs/train.yaml"
-    # worker processes (capped by --cores; --set-threads crop=N changes it); the output does not depend on it
+    # the tokenizer's threads (capped by --cores; --set-threads crop=N changes it); the output does not depend on it
     threads: 4
     resources:
         mem_mb=4000,
@@ -104,4 +104,4 @@ rule crop:
     shell:
         "python -m clinsum crop --corpus-dir results/corpus --split-dir results/split {params.teacher}"
         " --languages {params.languages} --tokenizer {input.tokenizer} --settings {params.settings:q}"
-        " --workers {threads} --out-dir results/data > {log} 2>&1"
+        " --threads {threads} --out-dir results/data > {log} 2>&1"
