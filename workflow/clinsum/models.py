@@ -360,15 +360,23 @@ def build_model(spec: dict, out_dir: str | Path, source_dir: str | Path | None =
         raise ClinsumError(f"unknown model build {build!r}")
 
 
-def download_model(repo_id: str, out_dir: str | Path, revision: str | None = None) -> None:
-    from huggingface_hub import snapshot_download
+# what a model directory needs besides its weights: config, tokenizer (JSON, sentencepiece, BPE ranks,
+# vocabularies), chat template
+MODEL_FILES = ["*.json", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
 
-    snapshot_download(
-        repo_id,
-        revision=revision,
-        local_dir=str(out_dir),
-        allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"],
-    )
+
+def download_patterns(repo_files: list[str]) -> list[str]:
+    """The files to fetch of a hub repository: its safetensors weights, or its PyTorch `.bin` weights when it
+    has no safetensors (as microsoft/mdeberta-v3-base), never both (a 72B model would come twice)."""
+    weights = ["*.safetensors"] if any(name.endswith(".safetensors") for name in repo_files) else ["*.bin"]
+    return MODEL_FILES + weights
+
+
+def download_model(repo_id: str, out_dir: str | Path, revision: str | None = None) -> None:
+    from huggingface_hub import list_repo_files, snapshot_download
+
+    patterns = download_patterns(list_repo_files(repo_id, revision=revision))
+    snapshot_download(repo_id, revision=revision, local_dir=str(out_dir), allow_patterns=patterns)
 
 
 def _build(args) -> None:
