@@ -44,6 +44,7 @@ REHEARSAL_MAY_CHANGE = {
     "teacher.batch_size": "resources",
     "infer.batch_size": "resources",
     "teacher.resources": "resources",
+    "crop.resources": "resources",
     "train.resources": "resources",
     "infer.resources": "resources",
     "evaluate.resources": "resources",
@@ -82,8 +83,10 @@ def test_rehearsal_changes_only_models_backends_resources_corpus_and_lengths():
     # it does change what it must, or it rehearses nothing on a CPU
     assert {"teacher.model", "student.model", "teacher.backend", "infer.backend", "corpus.sources"} <= differences
     # the keys the issue names are the paper's, whatever their value
-    for key in ("crop", "split", "prompts"):
+    for key in ("split", "prompts"):
         assert rehearsal[key] == paper[key]
+    for key in ("prompt_tokens", "answer_tokens"):
+        assert rehearsal["crop"][key] == paper["crop"][key] == {"prompt_tokens": 2566, "answer_tokens": 512}[key]
     for key in ("gamma", "lr", "epochs", "eval_every", "documents_per_step", "selection", "tokens_per_batch", "kl"):
         assert rehearsal["train"].get(key) == paper["train"].get(key), key
     for key in ("max_prompt_tokens", "on_long_prompt", "on_truncated", "shards", "temperature"):

@@ -205,24 +205,49 @@ def expected_gpus(job: dict) -> str | None:
 # Running a workflow on the cluster and checking what SLURM did
 
 
+# squeue reasons of a pending job that the cluster can never run as submitted (more CPUs, memory, time or
+# nodes than the partition has): waiting for it would only end at the test's time limit.
+NEVER_RUNS = {"PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "BadConstraints",
+              "InvalidAccount", "InvalidQOS"}
+
+
+def unrunnable_jobs(env: dict) -> list[str]:
+    """Pending jobs that can never start, as 'id name (reason): request' lines."""
+    listing = subprocess.run(["squeue", "-h", "-t", "PD", "-o", "%i|%k|%r|%C cpus %m mem %l"],
+                             env=env, capture_output=True, text=True).stdout
+    rows = [line.split("|") for line in listing.splitlines() if line.count("|") == 3]
+    return [f"{job} {comment} ({reason}): {request}" for job, comment, reason, request in rows if reason in NEVER_RUNS]
+
+
+def stop_snakemake(proc: subprocess.Popen) -> None:
+    # SIGINT: Snakemake cancels its SLURM jobs and exits (SIGTERM would wait for them to finish)
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def run_snakemake(workdir: Path, args: list[str], env: dict, log_path: Path, timeout: float) -> str:
-    """Snakemake in its own process group, so that a run past its time limit can be stopped whole."""
+    """Snakemake in its own process group, so that a run past its time limit, or with a job SLURM can never
+    run, can be stopped whole."""
+    deadline = time.monotonic() + timeout
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "snakemake", *args],
             cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            # SIGINT: Snakemake cancels its SLURM jobs and exits (SIGTERM would wait for them to finish)
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            pytest.fail(f"snakemake {shlex.join(args)} ran past {timeout} s; log:\n{log_tail(log_path)}")
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                stop_snakemake(proc)
+                pytest.fail(f"snakemake {shlex.join(args)} ran past {timeout} s; log:\n{log_tail(log_path)}")
+            stuck = unrunnable_jobs(env)
+            if stuck:
+                stop_snakemake(proc)
+                pytest.fail("SLURM can never run these jobs as submitted (a rule asks for more than the test "
+                            "node has: 2 CPUs, 24 GB):\n" + "\n".join(stuck) + f"\nlog:\n{log_tail(log_path)}")
+            time.sleep(5)
     if proc.returncode != 0:
         pytest.fail(f"snakemake {shlex.join(args)} failed ({proc.returncode}); log:\n{log_tail(log_path)}")
     return log_path.read_text()

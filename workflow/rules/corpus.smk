@@ -91,10 +91,11 @@ rule crop:
         "results/logs/crop.log",
     conda:
         "../../envs/train.yaml"
-    # the tokenizer's threads (capped by --cores; --set-threads crop=N changes it); the output does not depend on it
-    threads: 4
+    # the tokenizer's threads (crop.resources.cpus, capped by --cores); the output does not depend on them
+    threads: rule_resources("crop", "cpus", 1)
     resources:
-        mem_mb=4000,
+        mem_mb=rule_resources("crop", "mem_mb", 4000),
+        runtime=rule_resources("crop", "runtime", 60),
     params:
         settings=as_json(crop_settings()),
         languages=" ".join(LANGS),
