@@ -113,6 +113,15 @@ def downstream_of_models(models: list[str]) -> set[tuple[str, str]]:
     return jobs
 
 
+def test_job_resources_rerun_nothing(tiny_run):
+    """How a job runs (its cores, memory, time) does not change what it writes."""
+    def more_resources(config):
+        for section in ("crop", "teacher", "train", "infer"):
+            config[section]["resources"] = {**config[section].get("resources", {}), "cpus": 2, "mem_mb": 3000}
+
+    assert planned_jobs(tiny_run, changed_config(tiny_run, more_resources)) == set()
+
+
 def test_gamma_reruns_only_the_distil_variants(tiny_run):
     configfile = changed_config(tiny_run, lambda c: c["train"].update(gamma=0.7))
     distil = [v for v in VARIANTS if v != "standard"]

@@ -219,11 +219,19 @@ def crop_teacher_input(wildcards):
     )
 
 
+def crop_teacher_option(wildcards, input):
+    """--teacher-dir when the crop job also crops the teacher's key information."""
+    return "--teacher-dir results/teacher" if "teacher" in input.keys() else ""
+
+
 def crop_settings():
-    """What changes the cropped examples: the crop budgets and the prompts they are cropped in."""
+    """What changes the cropped examples: the crop budgets (not how the job runs) and the prompts they are
+    cropped in."""
     prompts = config["prompts"]
     return {
-        "crop": config["crop"],
+        "crop": {
+            key: value for key, value in config["crop"].items() if key not in JOB_KEYS
+        },
         "prompts": {
             key: prompts[key]
             for key in ("role", "extract", "summarize", "train_summarize")
@@ -242,6 +250,19 @@ def model_source(wildcards):
     """The model a pruned or random model is made from (nothing for a GGUF build)."""
     spec = NAMED_MODELS[wildcards.model]
     return {"source": model_input(spec["from"])} if "from" in spec else {}
+
+
+def model_source_option(wildcards, input):
+    return f"--source {input.source}" if "source" in input.keys() else ""
+
+
+def model_spec(wildcards):
+    return as_json(NAMED_MODELS[wildcards.model])
+
+
+def hub_repo_id(wildcards):
+    """resources/models/hub/{owner}--{name} is the hub's owner/name."""
+    return wildcards.repo.replace("--", "/", 1)
 
 
 # ---------------------------------------------------------------- teacher
@@ -287,6 +308,16 @@ def teacher_shard_outputs():
     if TEACHER_TOPK:
         outputs["topk"] = "results/teacher/{lang}/{scatteritem}.topk.safetensors"
     return outputs
+
+
+def teacher_topk_option(wildcards, output):
+    return f"--topk-out {output.topk}" if TEACHER_TOPK else ""
+
+
+def gather_topk_options(wildcards, input, output):
+    if not TEACHER_TOPK:
+        return ""
+    return f"--topk-inputs {' '.join(input.topk)} --topk-out {output.topk}"
 
 
 def teacher_gather_inputs(wildcards):
@@ -464,6 +495,23 @@ def judge_targets():
 
 def report_judge_inputs(wildcards):
     return {"judge": judge_targets()} if JUDGE_ON else {}
+
+
+def report_judge_option(wildcards, input):
+    return f"--judge {' '.join(input.judge)}" if "judge" in input.keys() else ""
+
+
+def report_train_logs(wildcards, input):
+    """variant=results/models/{variant}/train_log.csv for each trained variant."""
+    return " ".join(
+        f"{variant}={path}/train_log.csv"
+        for variant, path in zip(config["train"]["variants"], input.models)
+    )
+
+
+def submission_predictions(wildcards, input):
+    """lang=results/predictions/{model}/{lang}.jsonl for each language."""
+    return " ".join(f"{lang}={path}" for lang, path in zip(LANGS, input.predictions))
 
 
 def evaluation_targets():

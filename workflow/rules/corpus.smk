@@ -99,9 +99,7 @@ rule crop:
     params:
         settings=as_json(crop_settings()),
         languages=" ".join(LANGS),
-        teacher=lambda wildcards, input: (
-            "--teacher-dir results/teacher" if "teacher" in input.keys() else ""
-        ),
+        teacher=crop_teacher_option,
     shell:
         "python -m clinsum crop --corpus-dir results/corpus --split-dir results/split {params.teacher}"
         " --languages {params.languages} --tokenizer {input.tokenizer} --settings {params.settings:q}"

@@ -92,14 +92,9 @@ rule report:
                 "evaluate": {"bootstrap": config["evaluate"]["bootstrap"]},
             }
         ),
-        train_logs=lambda wildcards, input: " ".join(
-            f"{variant}={path}/train_log.csv"
-            for variant, path in zip(config["train"]["variants"], input.models)
-        ),
+        train_logs=report_train_logs,
         out_dir=lambda wildcards, output: str(Path(output.index).parent),
-        judge=lambda wildcards, input: (
-            f"--judge {' '.join(input.judge)}" if "judge" in input.keys() else ""
-        ),
+        judge=report_judge_option,
     shell:
         "python -m clinsum report --eval {input.evals} {params.judge} --train-log {params.train_logs}"
         " --settings {params.settings:q} --out-dir {params.out_dir} > {log} 2>&1"
@@ -120,8 +115,6 @@ rule submission:
     resources:
         mem_mb=1000,
     params:
-        predictions=lambda wildcards, input: " ".join(
-            f"{lang}={path}" for lang, path in zip(LANGS, input.predictions)
-        ),
+        predictions=submission_predictions,
     shell:
         "python -m clinsum submission --predictions {params.predictions} --out {output} > {log} 2>&1"

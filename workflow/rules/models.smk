@@ -13,10 +13,8 @@ rule build_model:
     resources:
         mem_mb=4000,
     params:
-        spec=lambda wildcards: as_json(NAMED_MODELS[wildcards.model]),
-        source=lambda wildcards, input: (
-            f"--source {input.source}" if "source" in input.keys() else ""
-        ),
+        spec=model_spec,
+        source=model_source_option,
     shell:
         "python -m clinsum models build --spec {params.spec:q} {params.source} --out {output} > {log} 2>&1"
 
@@ -31,6 +29,6 @@ rule download_model:
     resources:
         mem_mb=2000,
     params:
-        repo_id=lambda wildcards: wildcards.repo.replace("--", "/", 1),
+        repo_id=hub_repo_id,
     shell:
         "python -m clinsum models download --repo-id {params.repo_id} --out {output} > {log} 2>&1"

@@ -26,9 +26,7 @@ rule teacher:
         python=stage_python("teacher"),
         settings=as_json(teacher_settings()),
         shard=shard_of_scatteritem,
-        topk=lambda wildcards, output: (
-            f"--topk-out {output.topk}" if TEACHER_TOPK else ""
-        ),
+        topk=teacher_topk_option,
     shell:
         "{params.python:q} -m clinsum teacher run --corpus {input.corpus} --split {input.split} --model-dir {input.model:q}"
         " --settings {params.settings:q} {params.shard} --lang {wildcards.lang}"
@@ -49,11 +47,7 @@ rule teacher_gather:
     resources:
         mem_mb=2000,
     params:
-        topk=lambda wildcards, input, output: (
-            f"--topk-inputs {' '.join(input.topk)} --topk-out {output.topk}"
-            if TEACHER_TOPK
-            else ""
-        ),
+        topk=gather_topk_options,
     shell:
         "python -m clinsum teacher gather --split {input.split} --inputs {input.records}"
         " --out {output.records} {params.topk} > {log} 2>&1"
