@@ -10,6 +10,7 @@ import json
 import os
 import signal
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -133,6 +134,18 @@ def _log(path: Path) -> list[dict]:
 def test_select_best_keeps_the_earlier_of_ties():
     assert select_best([(250, 0.30), (500, 0.41), (750, 0.41), (1000, 0.20)]) == (500, 0.41)
     assert select_best([(1, 0.0)]) == (1, 0.0)
+
+
+def test_progress_into_a_log_file_is_not_redrawn_every_step(capfd):
+    """Into a file (a rule's log), the bar redraws every 30 s: 1,000 quick steps are its first and last lines."""
+    progress = SimpleNamespace(total_steps=1000, step=0)
+    run = SimpleNamespace(progress=progress, settings=SimpleNamespace(variant="distil"))
+    with loop.progress_bar(run) as bar:
+        for step in range(1000):
+            loop.advance(bar, {"loss": 1.0 / (step + 1), "tokens_per_s": 1234.0})
+    drawn = [part for part in capfd.readouterr().err.replace("\n", "\r").split("\r") if part.strip()]
+    assert len(drawn) <= 3, f"{len(drawn)} redraws"
+    assert "1000/1000" in drawn[-1] and "loss=0.001" in drawn[-1] and "tok_s=1,234" in drawn[-1]
 
 
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path, data_dir, tiny_student_dir, scores, kill):

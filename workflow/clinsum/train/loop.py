@@ -36,8 +36,7 @@ def train(train_path, valid_path, model_dir, settings: TrainSettings, out_dir, c
     with StopOnSignal() as stop, progress_bar(run) as bar:
         for epoch, units in run.pending_steps():
             row = optimizer_step(run, epoch, units)
-            bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:,.0f}")
+            advance(bar, row)
             if run.progress.step % settings.eval_every == 0 or run.progress.step == run.progress.total_steps:
                 evaluate_and_save(run, row)
             if stop.signal is not None:
@@ -359,6 +358,13 @@ class StopOnSignal:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def advance(bar, row: dict) -> None:
+    """One step on the progress bar. The bar redraws at its own interval (every 30 s into a log file), not on
+    every step: set_postfix would otherwise redraw it each time."""
+    bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:,.0f}", refresh=False)
+    bar.update(1)
 
 
 def progress_bar(run: Run):
