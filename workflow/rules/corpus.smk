@@ -91,7 +91,8 @@ rule crop:
         "results/logs/crop.log",
     conda:
         "../../envs/train.yaml"
-    # the tokenizer's threads (crop.resources.cpus, capped by --cores); the output does not depend on them
+    # worker processes (crop.resources.cpus, capped by --cores): they also render the chat template, which
+    # the tokenizer's own threads do not; the output does not depend on them
     threads: rule_resources("crop", "cpus", 1)
     resources:
         mem_mb=rule_resources("crop", "mem_mb", 4000),
@@ -103,4 +104,4 @@ rule crop:
     shell:
         "python -m clinsum crop --corpus-dir results/corpus --split-dir results/split {params.teacher}"
         " --languages {params.languages} --tokenizer {input.tokenizer} --settings {params.settings:q}"
-        " --threads {threads} --out-dir results/data > {log} 2>&1"
+        " --workers {threads} --out-dir results/data > {log} 2>&1"
