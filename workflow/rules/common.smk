@@ -187,6 +187,11 @@ def stage_python(section):
 JOB_KEYS = ("resources", "python")
 
 
+def without_job_keys(section, also=()):
+    """A config section less how its jobs run (and the keys in `also`): what a job's output depends on."""
+    return {key: value for key, value in section.items() if key not in JOB_KEYS + also}
+
+
 def gpu_model_resource(section):
     """{"gpu_model": ...} (SLURM: `--gpus=<model>:<n>`), only when the section's resources name one."""
     model = rule_resources(section, "gpu_model", None)
@@ -229,9 +234,7 @@ def crop_settings():
     cropped in."""
     prompts = config["prompts"]
     return {
-        "crop": {
-            key: value for key, value in config["crop"].items() if key not in JOB_KEYS
-        },
+        "crop": without_job_keys(config["crop"]),
         "prompts": {
             key: prompts[key]
             for key in ("role", "extract", "summarize", "train_summarize")
@@ -285,11 +288,7 @@ check_kl_has_teacher_topk()
 def teacher_settings():
     """What changes the teacher's output: its section (not how its jobs run) and the extraction prompt."""
     return {
-        "teacher": {
-            key: value
-            for key, value in config["teacher"].items()
-            if key not in JOB_KEYS
-        },
+        "teacher": without_job_keys(config["teacher"]),
         "prompts": {
             "extract": config["prompts"]["extract"],
             "role": config["prompts"]["role"],
@@ -417,11 +416,7 @@ def summarize_prompt(lang):
 
 def infer_settings():
     """What changes the predictions (not the resources a job asks for)."""
-    return {
-        "infer": {
-            key: value for key, value in config["infer"].items() if key not in JOB_KEYS
-        }
-    }
+    return {"infer": without_job_keys(config["infer"])}
 
 
 INFER_GPU_MODEL = gpu_model_resource("infer")
@@ -477,13 +472,7 @@ def judge_model_input(wildcards):
 
 def judge_settings():
     """What changes the judge's scores (not how its jobs run)."""
-    return {
-        "judge": {
-            key: value
-            for key, value in JUDGE.items()
-            if key not in JOB_KEYS + ("enabled", "model")
-        }
-    }
+    return {"judge": without_job_keys(JUDGE, also=("enabled", "model"))}
 
 
 def judge_targets():
