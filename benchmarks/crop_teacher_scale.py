@@ -156,11 +156,10 @@ def child_crop(args) -> dict:
 
 def child_teacher(args) -> dict:
     from clinsum import teacher
-
-    from transformers import AutoTokenizer
+    from clinsum.model_files import load_tokenizer
 
     root = Path(args.root)
-    AutoTokenizer.from_pretrained(args.tokenizer)
+    load_tokenizer(args.tokenizer)
     baseline = peak_rss_gib()  # the interpreter, torch and transformers, a tokenizer: what any shard job holds
     rows = []
     for item in args.items.split(","):
@@ -183,17 +182,15 @@ def child_teacher(args) -> dict:
 
 def compare_prompts(root: Path, tokenizer_dir, item: str) -> dict:
     """One shard's prompts: batched (teacher.build_prompts) against one tokenizer call per report."""
-    from transformers import AutoTokenizer
-
     from clinsum import teacher
     from clinsum.chat import build_messages, encode_prompt
-
+    from clinsum.model_files import load_tokenizer
     from clinsum.records import load_documents
 
     index, shards = map(int, item.split("-of-"))
     ids = teacher.shard_ids(teacher.annotated_ids(root / "split" / "en.json"), index - 1, shards)
     texts = {doc_id: document.text for doc_id, document in load_documents(root / "corpus" / "en.jsonl", ids).items()}
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)
     started = time.perf_counter()
     batched = teacher.build_prompts(tokenizer, texts, EXTRACT, "system")
     middle = time.perf_counter()

@@ -110,13 +110,13 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from transformers import AutoTokenizer
 
     from clinsum.chat import build_messages, encode_prompt
     from clinsum.generation import TransformersGenerator, VllmGenerator
+    from clinsum.model_files import load_tokenizer
 
     model_dir = Path(args.model_dir) if args.model_dir else default_model(REPO / "benchmarks" / ".cache")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     prompts = [encode_prompt(tokenizer, build_messages(EXTRACT, r)) for r in sample_reports(args.prompts)]
 
     def vllm(eager: bool):

@@ -26,6 +26,7 @@ from typing import Iterable, Iterator
 
 from .chat import ChatCropper, CroppedExample, build_messages, crop_example
 from .io import ClinsumError, JsonlIndex, atomic_path, read_jsonl
+from .model_files import load_tokenizer
 from .records import SPLITS, Document, iter_documents, read_split
 from .settings import parse_settings
 
@@ -86,9 +87,7 @@ def _crop_in_worker(examples: list[tuple[str, str, str]]) -> tuple[list[CroppedE
 
 
 def _cropper(tokenizer_dir, settings: dict) -> ChatCropper:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)
     return ChatCropper(tokenizer, settings["role"], settings["prompt_tokens"], settings["answer_tokens"])
 
 
@@ -126,9 +125,7 @@ def crop_batches(
 
 def reference_batches(batches: Iterable[list[tuple[str, str, str]]], tokenizer_dir, settings: dict):
     """crop_batches' results from the per-document functions (the reference, for tests and benchmarks)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)
     role, prompt_tokens, answer_tokens = settings["role"], settings["prompt_tokens"], settings["answer_tokens"]
     for batch in batches:
         yield [crop_example(tokenizer, *example, role, prompt_tokens, answer_tokens) for example in batch], len(batch)

@@ -123,11 +123,13 @@ class TransformersGenerator(Generator):
 
     def __init__(self, model_dir, dtype: str = "auto", batch_size: int = 8, device=None):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
+
+        from .model_files import load_tokenizer
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         torch_dtype = getattr(torch, resolve_dtype(dtype, cuda=str(device).startswith("cuda")))
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer = load_tokenizer(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype).to(device)
         self._setup(model.eval(), tokenizer, batch_size)
 

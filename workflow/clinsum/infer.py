@@ -222,13 +222,13 @@ def run(args) -> None:
     _warn_on_context(args.model_dir, settings)
 
     import torch
-    from transformers import AutoTokenizer
+    from .model_files import load_tokenizer
 
     from .generation import load_generator
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    tokenizer = load_tokenizer(args.model_dir)
     # vLLM's context: the longest prompt and the longest answer, unless the config sets it
     engine = {"max_model_len": settings["max_input_tokens"] + settings["max_new_tokens"], **settings["vllm"]}
 

@@ -208,9 +208,9 @@ def judge_file(
     records = [record for record in load_predictions(predictions_path, lang) if record["reference"] is not None]
     sources = load_sources(corpus_path, [record["id"] for record in records])
     items = [{"id": r["id"], "report": sources[r["id"]], "summary": r["prediction"]} for r in records]
-    from transformers import AutoTokenizer
+    from .model_files import load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     documents = []
     if items:
         from .generation import load_generator

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from .io import ClinsumError
+from .model_files import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +89,10 @@ def build_from_gguf(gguf_path: Path, out_dir: Path) -> None:
     model loaded from GGUF, so the weights move into a fresh model built from its config)."""
     import copy
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     directory, name = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+    tokenizer = load_tokenizer(directory, gguf_file=name)
     loaded = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name)
     # the loaded model's config, not a third parse of the GGUF file (6 s on a laptop CPU)
     config = copy.deepcopy(loaded.config)
@@ -120,7 +121,7 @@ def _declare_generic_tokenizer(out_dir: Path) -> None:
 def build_pruned(source_dir: Path, out_dir: Path, keep_every: int) -> None:
     """Keep layers 0, k, 2k, ... of the source decoder (DistilBERT-style initialization)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(source_dir, torch_dtype=torch.float32)
     layers = model.model.layers
@@ -132,7 +133,7 @@ def build_pruned(source_dir: Path, out_dir: Path, keep_every: int) -> None:
     if getattr(model.config, "layer_types", None):
         model.config.layer_types = [model.config.layer_types[i] for i in keep]
     model.save_pretrained(out_dir)
-    AutoTokenizer.from_pretrained(source_dir).save_pretrained(out_dir)
+    load_tokenizer(source_dir).save_pretrained(out_dir)
     log.info("pruned %s: kept layers %s of %d", source_dir, keep, len(layers))
 
 
@@ -161,7 +162,7 @@ def build_random(source_dir: Path, out_dir: Path, overrides: dict, seed: int = 0
     """A random-weight model of the source's architecture and tokenizer, resized by `overrides`; its
     generation config is the source's (eos, pad and sampling defaults), not one derived from config.json."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoModelForCausalLM, GenerationConfig
 
     config = _random_config(source_dir, overrides)
     torch.manual_seed(seed)
@@ -170,7 +171,7 @@ def build_random(source_dir: Path, out_dir: Path, overrides: dict, seed: int = 0
     if (source_dir / "generation_config.json").exists():
         model.generation_config = GenerationConfig.from_pretrained(source_dir)
     model.save_pretrained(out_dir)
-    AutoTokenizer.from_pretrained(source_dir).save_pretrained(out_dir)
+    load_tokenizer(source_dir).save_pretrained(out_dir)
 
 
 # ---------------------------------------------------------------------------------------------------

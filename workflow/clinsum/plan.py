@@ -95,9 +95,9 @@ def teacher_prompts_over(config: dict, corpus_dir: Path, split_dir: Path) -> dic
     if missing:
         result["not_measured"] = f"needs {missing[0]} (run the workflow up to the split and the teacher's model build)"
         return result
-    from transformers import AutoTokenizer
+    from .model_files import load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     prompts = over = longest = 0
     for lang in languages:
         split = read_split(split_dir / f"{lang}.json", lang)

@@ -235,11 +235,11 @@ def generate_pending(model_dir, settings: dict, texts: dict[str, str], lang, sha
                      counts: dict, generator=None) -> None:
     """Prompts checked against the context (before any engine loads), then generated batch after batch,
     each record (and its top-k rows) written as it comes."""
-    from transformers import AutoTokenizer
+    from .model_files import load_tokenizer
 
     teacher = settings["teacher"]
     context = check_context(model_dir, teacher)
-    prompts, cropped = fit_prompts(AutoTokenizer.from_pretrained(model_dir), texts, settings)
+    prompts, cropped = fit_prompts(load_tokenizer(model_dir), texts, settings)
     counts["prompt_cropped"] = len(cropped)
     # longest first, so batches hold prompts of similar length and memory peaks at once
     pending = sorted(texts, key=lambda d: (-len(prompts[d]), d))

@@ -7,6 +7,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+from .. import model_files
 from ..chat import build_messages, encode_example, encode_prompt
 from ..io import ClinsumError, fingerprint, read_jsonl
 from ..losses import TASK_ID, teacher_answer_ids
@@ -17,9 +18,7 @@ PROBE_TEXT = "Paciente de 45 años, diagnóstico: neumonía; résumé clinique �
 
 @lru_cache(maxsize=4)
 def load_tokenizer(tokenizer_dir: str):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tokenizer_dir)
+    return model_files.load_tokenizer(tokenizer_dir)
 
 
 def validate_records(path: Path, variant: str) -> dict:
