@@ -215,6 +215,39 @@ def test_encode_prompts_equals_encode_prompt(qwen_dir):
     assert encode_prompts(tokenizer, []) == []
 
 
+@pytest.mark.parametrize("model", ["qwen", "smollm2"])
+def test_tokenizer_shape_reads_the_components_as_tokenizer_json_holds_them(qwen_dir, tiny_dir, model):
+    import json
+
+    from clinsum.chat import _component, _TokenizerShape
+    from clinsum.model_files import load_tokenizer
+
+    tokenizer = load_tokenizer(qwen_dir if model == "qwen" else tiny_dir)
+    backend = tokenizer.backend_tokenizer
+    whole = json.loads(backend.to_str())
+    assert _component(backend.normalizer) == whole["normalizer"]
+    assert _component(backend.pre_tokenizer) == whole["pre_tokenizer"]
+    assert getattr(backend.model, "dropout", None) == whole["model"].get("dropout")
+    shape = _TokenizerShape(tokenizer)
+    assert (shape.usable, shape.local, shape.nfc) == {"qwen": (True, True, True), "smollm2": (True, True, False)}[model]
+
+
+def test_a_component_that_cannot_be_serialized_keeps_the_batched_path_off(qwen_dir):
+    from tokenizers.pre_tokenizers import PreTokenizer
+
+    from clinsum.chat import _TokenizerShape
+    from clinsum.model_files import load_tokenizer
+
+    class Words:
+        def pre_tokenize(self, pretok):
+            pretok.split(lambda i, s: s.split(" "))
+
+    tokenizer = load_tokenizer(qwen_dir)
+    tokenizer.backend_tokenizer.pre_tokenizer = PreTokenizer.custom(Words())
+    shape = _TokenizerShape(tokenizer)
+    assert shape.usable and not shape.local
+
+
 def test_looks_left_finds_lookbehind_and_anchors_outside_classes():
     qwen = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
     assert not _looks_left(qwen)

@@ -184,14 +184,14 @@ class _TokenizerShape:
         if self.backend is None:
             self.usable = self.local = self.nfc = False
             return
-        config = json.loads(self.backend.to_str())
-        normalizer = _normalizer_kind(config.get("normalizer"))
+        # the parts it relies on, each serialized alone: the whole tokenizer's JSON (vocabulary, merges) takes 0.5 s
+        normalizer = _normalizer_kind(_component(self.backend.normalizer))
         # added tokens that strip neighbouring spaces or match after normalization would blur the cut
         self.usable = normalizer is not None and all(
             not (t.lstrip or t.rstrip or t.single_word or (t.normalized and normalizer != "none")) for _, t in added
         )
-        model = config.get("model") or {}
-        self.local = self.usable and not model.get("dropout") and _local_split(config.get("pre_tokenizer"))
+        dropout = getattr(self.backend.model, "dropout", None)
+        self.local = self.usable and not dropout and _local_split(_component(self.backend.pre_tokenizer))
         self.nfc = normalizer == "NFC"
 
     def encode(self, texts: list[str]) -> list:
@@ -224,6 +224,17 @@ class _TokenizerShape:
                     return True
                 at = window.find(content, at + 1)
         return False
+
+
+def _component(part) -> dict | None:
+    """A tokenizer component's configuration as tokenizer.json holds it: None for none, and a type nothing
+    accepts for one that cannot be serialized (so the batched path keeps off)."""
+    if part is None:
+        return None
+    try:
+        return json.loads(part.__getstate__())
+    except Exception:  # a custom component without a serialization: assume nothing about it
+        return {"type": "unknown"}
 
 
 def _normalizer_kind(normalizer) -> str | None:
@@ -331,8 +342,10 @@ class _Measure:
     first: int  # the text's first token in it
     shift: int  # the text's first character in it
 
-    def offsets(self) -> list[tuple[int, int]]:
-        return [(a - self.shift, b - self.shift) for a, b in self.encoding.offsets[self.first : self.first + self.alone]]
+    def end(self, keep: int) -> int:
+        """Where the text's first `keep` tokens end in it (crop_to_tokens' offsets[keep - 1][1]); one token's
+        offsets, not the list of all (a cropped report has thousands and the search reads one or two)."""
+        return self.encoding.token_to_chars(self.first + keep - 1)[1] - self.shift
 
 
 def _own_tokens(encoding, lead: int, size: int) -> int | None:
@@ -353,9 +366,8 @@ def _crop_measured(text: str, whole: _Measure, budget: int, measure) -> tuple[st
         return "", measure("")
     if whole.alone <= budget:
         return text, whole
-    offsets = whole.offsets()
     for keep in range(budget, 0, -1):
-        cut = text[: offsets[keep - 1][1]].rstrip()
+        cut = text[: whole.end(keep)].rstrip()
         cut_measure = measure(cut)
         if cut_measure.alone <= budget:
             return cut, cut_measure
