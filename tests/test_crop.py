@@ -1,5 +1,6 @@
 import random
 import statistics
+import unicodedata
 
 import pytest
 
@@ -230,6 +231,43 @@ def test_tokenizer_shape_reads_the_components_as_tokenizer_json_holds_them(qwen_
     assert getattr(backend.model, "dropout", None) == whole["model"].get("dropout")
     shape = _TokenizerShape(tokenizer)
     assert (shape.usable, shape.local, shape.nfc) == {"qwen": (True, True, True), "smollm2": (True, True, False)}[model]
+
+
+NFC_TEXTS = [
+    "Paciente de 54 años; résumé clinique, coração, ñ — ≥ 2,4 ng/mL, TNF-α, 37 °C",
+    unicodedata.normalize("NFD", "Paciente de 54 años; résumé clinique, coração"),  # decomposed accents
+    "Ohm \u2126, Angström \u212b, e\u0301",  # singletons and a combining accent NFC changes
+    unicodedata.normalize("NFD", "한국어 환자"),  # Hangul jamo that NFC composes
+    "unassigned here: x\u0378y",
+    "astral: 🙂 𝛼",
+    "plain ASCII report, 3 x 750 mg",
+    "",
+]
+
+
+def test_nfc_stable_only_where_nfc_changes_nothing():
+    from clinsum.chat import nfc_stable
+
+    assert [nfc_stable(t) for t in NFC_TEXTS] == [True, False, False, False, False, False, True, True]
+    for text in NFC_TEXTS:
+        if nfc_stable(text):
+            assert unicodedata.normalize("NFC", text) == text
+
+
+def test_encoding_without_the_nfc_pass_gives_the_normalized_ids_and_offsets(qwen_dir):
+    from clinsum.chat import _TokenizerShape
+    from clinsum.model_files import load_tokenizer
+
+    backend = load_tokenizer(qwen_dir).backend_tokenizer
+    expected = [(e.ids, e.offsets) for e in backend.encode_batch(NFC_TEXTS, add_special_tokens=False)]
+    shape = _TokenizerShape(load_tokenizer(qwen_dir))
+    assert shape.nfc
+    assert [(e.ids, e.offsets) for e in shape.encode(NFC_TEXTS)] == expected
+    assert shape.backend.normalizer is not None  # put back
+    # what the check guards against: a text NFC changes, encoded without it, has other ids
+    normalizer, backend.normalizer = backend.normalizer, None
+    assert backend.encode(NFC_TEXTS[1], add_special_tokens=False).ids != expected[1][0]
+    backend.normalizer = normalizer
 
 
 def test_a_component_that_cannot_be_serialized_keeps_the_batched_path_off(qwen_dir):

@@ -9,7 +9,10 @@ ends in a broken character.
 from __future__ import annotations
 
 import json
+import re
+import unicodedata
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable
 
 from .io import ClinsumError
@@ -199,7 +202,18 @@ class _TokenizerShape:
         self.backend.no_truncation()
         self.backend.no_padding()
         self.backend.encode_special_tokens = False
-        return self.backend.encode_batch(texts, add_special_tokens=False)
+        if not self.nfc:
+            return self.backend.encode_batch(texts, add_special_tokens=False)
+        # NFC leaves an NFC-stable text as it is, character for character: those skip the normalizer's pass (a
+        # tenth of the encoding), with the same ids and offsets
+        stable = [nfc_stable(text) for text in texts]
+        normalized = iter(self.backend.encode_batch([t for t, keep in zip(texts, stable) if not keep], add_special_tokens=False))
+        normalizer, self.backend.normalizer = self.backend.normalizer, None
+        try:
+            plain = iter(self.backend.encode_batch([t for t, keep in zip(texts, stable) if keep], add_special_tokens=False))
+        finally:
+            self.backend.normalizer = normalizer
+        return [next(plain) if keep else next(normalized) for keep in stable]
 
     def last_added(self, text: str) -> tuple[int, str | None]:
         """(end, text) of the added token that ends last in `text`; (0, None) without one."""
@@ -235,6 +249,28 @@ def _component(part) -> dict | None:
         return json.loads(part.__getstate__())
     except Exception:  # a custom component without a serialization: assume nothing about it
         return {"type": "unknown"}
+
+
+@lru_cache(maxsize=1)
+def _outside_assigned_bmp() -> re.Pattern:
+    """A character outside the Basic Multilingual Plane or unassigned in Python's Unicode database."""
+    ranges, start = [], None
+    for code in range(0x10001):
+        assigned = code < 0x10000 and unicodedata.category(chr(code)) not in ("Cn", "Cs")
+        if assigned and start is None:
+            start = code
+        elif not assigned and start is not None:
+            ranges.append(f"\\u{start:04x}-\\u{code - 1:04x}")
+            start = None
+    return re.compile("[^" + "".join(ranges) + "]")
+
+
+def nfc_stable(text: str) -> bool:
+    """Whether NFC, in any Unicode version, leaves `text` unchanged: it is NFC in Python's Unicode database
+    and every character is assigned there (Unicode's stability policy: an assigned character never changes
+    its decomposition or composition, so only characters unassigned here could normalize differently in a
+    tokenizer's own tables, older or newer)."""
+    return text.isascii() or (_outside_assigned_bmp().search(text) is None and unicodedata.is_normalized("NFC", text))
 
 
 def _normalizer_kind(normalizer) -> str | None:
