@@ -98,8 +98,8 @@ def load_tokenizer(source: str | Path, **kwargs):
     """AutoTokenizer.from_pretrained(source, **kwargs), the same tokenizer, with two differences for a local
     directory: the class its tokenizer_config.json names is imported alone (AutoTokenizer imports every model
     family first: a second per job), and transformers 4.57's warning that a tokenizer has "an incorrect regex
-    pattern", which it prints for every model saved by 4.57.3 and later whatever its family, is left to the
-    Mistral families it is about."""
+    pattern", which it prints for every local model saved by transformers 4.57.3 to 4.x whatever its family, is
+    left to the Mistral families it is about."""
     import transformers
 
     directory = Path(source)
