@@ -145,13 +145,15 @@ def child_crop(args) -> dict:
     out = root / f"data-{args.mode}-{args.workers}-{args.threads}"
     stats = crop_corpus(root / "corpus", root / "split", list(LANGUAGES), args.tokenizer, crop_settings(), out,
                         root / "teacher", **options)
+    peak, workers_peak = peak_rss_gib(), peak_rss_gib(resource.RUSAGE_CHILDREN)  # crop's, not the hashing's
     digest = hashlib.sha256()
     for name in ("train.jsonl", "valid.jsonl", "stats.md"):
-        digest.update((out / name).read_bytes())
+        with open(out / name, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
     return {"documents": stats["documents"], "examples": stats["examples"], "seconds": round(stats["seconds"], 2),
             "documents_per_s": round(stats["documents"] / stats["seconds"], 1), "fallbacks": stats["fallbacks"],
-            "peak_gib": round(peak_rss_gib(), 3), "workers_peak_gib": round(peak_rss_gib(resource.RUSAGE_CHILDREN), 3),
-            "sha256": digest.hexdigest()}
+            "peak_gib": round(peak, 3), "workers_peak_gib": round(workers_peak, 3), "sha256": digest.hexdigest()}
 
 
 def child_teacher(args) -> dict:
