@@ -222,9 +222,9 @@ def run(args) -> None:
     _warn_on_context(args.model_dir, settings)
 
     import torch
-    from .model_files import load_tokenizer
 
     from .generation import load_generator
+    from .model_files import load_tokenizer
 
     if args.threads:
         torch.set_num_threads(args.threads)

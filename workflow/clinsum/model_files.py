@@ -42,14 +42,19 @@ def _has_tokenizer(directory: Path) -> bool:
     return any(all((directory / name).exists() for name in files) for files in TOKENIZER_FILES)
 
 
+def _json_object(path: Path) -> dict:
+    """A JSON file's object; {} for a file that is missing, unreadable or not an object."""
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
 def _has_chat_template(directory: Path) -> bool:
     if (directory / "chat_template.jinja").exists() or (directory / "chat_template.json").exists():
         return True
-    config = directory / "tokenizer_config.json"
-    try:
-        return bool(json.loads(config.read_text(encoding="utf-8")).get("chat_template"))
-    except (OSError, ValueError, AttributeError):
-        return False
+    return bool(_json_object(directory / "tokenizer_config.json").get("chat_template"))
 
 
 def missing_model_files(directory: str | Path, purpose: str) -> list[str]:
@@ -66,14 +71,6 @@ def missing_model_files(directory: str | Path, purpose: str) -> list[str]:
     if purpose == "generate" and not _has_chat_template(directory):
         missing.append("a chat template (chat_template.jinja, chat_template.json or chat_template in tokenizer_config.json)")
     return missing
-
-
-def _json_object(path: Path) -> dict:
-    try:
-        found = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return found if isinstance(found, dict) else {}
 
 
 def _named_tokenizer_class(config: dict):
