@@ -269,6 +269,68 @@ def test_topk_kl_absent_ids_move_to_tail():
     torch.testing.assert_close(topk_kl_with_tail(student, ids, top.values, 1.0), top3)
 
 
+def _direct_outcomes_kl(student_logits, teacher_ids, teacher_logprobs, temperature):
+    """The KL written out over the k+1 outcomes, one row at a time, in float64 and without any scatter: the
+    teacher's present ids (0 ≤ id < V) with their probabilities, then the tail holding 1 − Σ present (the mass
+    of the absent ids included); the student's probabilities of the same ids, and of every other id as its
+    tail. Both sides tempered, times T²."""
+    vocab = student_logits.shape[-1]
+    rows = []
+    for row in range(student_logits.shape[0]):
+        q = torch.softmax(student_logits[row].double() / temperature, -1)
+        kept = [(int(i), lp) for i, lp in zip(teacher_ids[row].tolist(), teacher_logprobs[row].double()) if 0 <= i < vocab]
+        p = torch.stack([lp.exp() for _, lp in kept])
+        outcomes = torch.cat([p, (1 - p.sum()).reshape(1)])
+        tempered = outcomes ** (1 / temperature) / (outcomes ** (1 / temperature)).sum()
+        q_kept = torch.stack([q[i] for i, _ in kept])
+        student = torch.cat([q_kept, (1 - q_kept.sum()).reshape(1)])
+        rows.append(temperature**2 * (tempered * (tempered.log() - student.log())).sum())
+    return torch.stack(rows)
+
+
+# A vocabulary of 13 whose teacher top-4 holds id 0 and then an absent id (a larger teacher head's row).
+KL_TOY_LOGITS = torch.tensor([[1.5, -0.3, 0.8, 2.1, -1.2, 0.4, 0.0, 1.1, -0.7, 0.9, -2.0, 0.3, 1.7]])
+KL_TOY_IDS = torch.tensor([[0, 13, 5, 7]])
+KL_TOY_LOGPROBS = torch.log(torch.tensor([[0.4, 0.2, 0.15, 0.1]]))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_topk_kl_absent_id_after_id_0_is_exact(temperature):
+    """An absent id mapped next to a real id 0 must not unmark it: id 0's student mass is counted once, in the
+    top-k, not also in the tail (the old scatter of `present` to a shared placeholder index did that)."""
+    ours = topk_kl_with_tail(KL_TOY_LOGITS, KL_TOY_IDS, KL_TOY_LOGPROBS, temperature)
+    direct = _direct_outcomes_kl(KL_TOY_LOGITS, KL_TOY_IDS, KL_TOY_LOGPROBS, temperature)
+    assert ours.item() == pytest.approx(direct.item(), abs=1e-6)
+    assert ours.item() >= 0
+    # every order of the same top-k, the absent id before or after id 0, and -1 as the absent marker
+    for order in ([1, 0, 2, 3], [2, 3, 1, 0], [3, 1, 0, 2]):
+        ids, logprobs = KL_TOY_IDS[:, order], KL_TOY_LOGPROBS[:, order]
+        assert topk_kl_with_tail(KL_TOY_LOGITS, ids, logprobs, temperature).item() == pytest.approx(direct.item(), abs=1e-6)
+    marked = torch.where(KL_TOY_IDS >= 13, -1, KL_TOY_IDS)
+    assert topk_kl_with_tail(KL_TOY_LOGITS, marked, KL_TOY_LOGPROBS, temperature).item() == pytest.approx(direct.item(), abs=1e-6)
+
+
+def test_topk_kl_absent_ids_give_the_same_value_every_call():
+    """No write order decides the value: many absent ids share the placeholder, and repeated calls agree."""
+    torch.manual_seed(5)
+    student = torch.randn(16, 13) * 2
+    ids = torch.tensor([[0, 13, 20, 5, -1, 7]] * 16)
+    logprobs = torch.log(torch.tensor([[0.3, 0.2, 0.1, 0.1, 0.1, 0.05]] * 16))
+    first = topk_kl_with_tail(student, ids, logprobs, 1.0)
+    for _ in range(20):
+        assert torch.equal(topk_kl_with_tail(student, ids, logprobs, 1.0), first)
+    torch.testing.assert_close(first.double(), _direct_outcomes_kl(student, ids, logprobs, 1.0), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_topk_kl_gradient_equals_autograd_of_the_direct_formula(temperature):
+    logits = KL_TOY_LOGITS.clone().requires_grad_()
+    topk_kl_with_tail(logits, KL_TOY_IDS, KL_TOY_LOGPROBS, temperature).sum().backward()
+    reference = KL_TOY_LOGITS.double().clone().requires_grad_()
+    _direct_outcomes_kl(reference, KL_TOY_IDS, KL_TOY_LOGPROBS, temperature).sum().backward()
+    torch.testing.assert_close(logits.grad.double(), reference.grad, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
 def test_topk_kl_minimiser_is_the_tempered_teacher(temperature):
     """Free student logits trained on the loss end where softmax(z / T) equals the tempered teacher on the

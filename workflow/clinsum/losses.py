@@ -96,9 +96,15 @@ def topk_kl_with_tail(
     vocab = student_logits.shape[-1]
     logq = torch.log_softmax(student_logits.float() / temperature, dim=-1)
     present = (teacher_ids >= 0) & (teacher_ids < vocab)
+    # absent ids read id 0's log-probability only as a placeholder: their teacher weight is 0 below
     ids = torch.where(present, teacher_ids, torch.zeros_like(teacher_ids)).long()
     logq_k = logq.gather(1, ids)
-    in_topk = torch.zeros_like(logq, dtype=torch.bool).scatter_(1, ids, present)
+    # present ids are marked in a column of their own; absent ones in a spare column past the vocabulary, so
+    # an absent id never unmarks a real id (scattering `present` to a shared placeholder index did: id 0 then
+    # counted both in the top-k and in the tail, and which write won was not even fixed on CUDA)
+    marks = torch.where(present, teacher_ids, torch.full_like(teacher_ids, vocab)).long()
+    in_topk = torch.zeros(logq.shape[0], vocab + 1, dtype=torch.bool, device=logq.device)
+    in_topk = in_topk.scatter_(1, marks, True)[:, :vocab]
     # the student's tail mass summed over the tail itself, not 1 − Σ q_i: accurate when it is small
     q_tail = logq.exp().masked_fill(in_topk, 0.0).sum(-1)
     tail_exists = in_topk.sum(-1) < vocab
