@@ -119,6 +119,19 @@ def test_sampling_is_seeded(tiny_dir, tokenizer):
     assert [c.token_ids for c in first] == [c.token_ids for c in again]
 
 
+def test_top_k_limits_sampling_to_the_likeliest_tokens(tiny_dir, tokenizer):
+    """top_k=1 leaves sampling one token to draw: the greedy tokens, whatever the temperature and seed."""
+    prompts = prompts_for(tokenizer)[:2]
+    generator = generation.TransformersGenerator(tiny_dir, dtype="float32", batch_size=2)
+    greedy = generator.generate(prompts, 8)
+    for seed in (0, 1):
+        sampled = generator.generate(prompts, 8, temperature=1.5, top_k=1, seed=seed)
+        assert [c.token_ids for c in sampled] == [c.token_ids for c in greedy]
+    # without it, a high temperature on random weights leaves the greedy path
+    free = generator.generate(prompts, 8, temperature=1.5, top_k=0, seed=0)
+    assert [c.token_ids for c in free] != [c.token_ids for c in greedy]
+
+
 def test_repetition_penalty_is_vllms_and_ignores_padding(tiny_dir, tokenizer):
     """The penalty on one unpadded row equals transformers' own processor; in a left-padded batch each row
     generates what it generates alone (the pad token is not penalized); and it changes greedy outputs."""
@@ -173,6 +186,8 @@ def test_vllm_matches_transformers(smol_dir):
     try:
         got = engine.generate(prompts, max_new_tokens=16, top_logprobs=5)
         penalized = engine.generate(prompts, max_new_tokens=16, repetition_penalty=1.3)
+        top_one = engine.generate(prompts, max_new_tokens=16, temperature=1.5, top_k=1, seed=1)
+        unlimited = engine.generate(prompts, max_new_tokens=4, temperature=0.7, top_k=0, seed=1)  # -1 to vLLM
     finally:
         engine.close()
 
@@ -187,6 +202,9 @@ def test_vllm_matches_transformers(smol_dir):
         ids, values = direct_topk(model, prompt, vllm_out.token_ids, 5)
         np.testing.assert_allclose(vllm_out.top_logprobs, values, atol=2e-3)
         assert (vllm_out.top_ids == ids).mean() > 0.95
+    # top_k=1 samples the greedy tokens in vLLM too; top_k=0 (off) is accepted
+    assert [c.token_ids for c in top_one] == [c.token_ids for c in got]
+    assert all(1 <= len(c.token_ids) <= 4 for c in unlimited)
     # the repetition penalty means the same in both backends
     assert [c.token_ids for c in penalized] == [c.token_ids for c in expected_penalized]
     assert [c.token_ids for c in penalized] != [c.token_ids for c in got]

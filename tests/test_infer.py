@@ -84,7 +84,8 @@ class FakeGenerator(Generator):
         self.dtype, self.respond, self.log = dtype, respond, log
         self.closed = False
 
-    def generate(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, top_logprobs=0, seed=0, repetition_penalty=1.0):
+    def generate(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, top_logprobs=0, seed=0, repetition_penalty=1.0,
+                 top_k=0):
         assert not self.closed
         self.log.append((self.dtype, len(prompts)))
         return [self.respond(self.dtype, prompt) for prompt in prompts]

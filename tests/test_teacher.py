@@ -58,7 +58,8 @@ class FakeGenerator:
         self.truncate = truncate
         self.calls: list[tuple[int, int]] = []  # (number of prompts, max_new_tokens)
 
-    def generate(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, top_logprobs=0, seed=0, repetition_penalty=1.0):
+    def generate(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, top_logprobs=0, seed=0, repetition_penalty=1.0,
+                 top_k=0):
         if self.die_after_calls is not None and len(self.calls) >= self.die_after_calls:
             raise KeyboardInterrupt("simulated kill")
         self.calls.append((len(prompts), max_new_tokens))

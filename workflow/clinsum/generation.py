@@ -53,7 +53,9 @@ class Generator:
         top_logprobs: int = 0,
         seed: int = 0,
         repetition_penalty: float = 1.0,
+        top_k: int = 0,
     ) -> list[Completion]:
+        """Sampling at temperature > 0 among the top_k likeliest tokens (0: all) within top_p; greedy at 0."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -151,7 +153,8 @@ class TransformersGenerator(Generator):
         self.pad_id = int(pad) if pad is not None else self.stops[0]
         self.bos_id = getattr(getattr(model, "generation_config", None), "bos_token_id", None)
 
-    def generate(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, top_logprobs=0, seed=0, repetition_penalty=1.0):
+    def generate(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, top_logprobs=0, seed=0, repetition_penalty=1.0,
+                 top_k=0):
         import torch
 
         _check_prompts(prompts)
@@ -164,12 +167,12 @@ class TransformersGenerator(Generator):
             indices = order[start : start + self.batch_size]
             batch = [prompts[i] for i in indices]
             for index, completion in zip(
-                indices, self._generate_batch(batch, max_new_tokens, temperature, top_p, top_logprobs, repetition_penalty)
+                indices, self._generate_batch(batch, max_new_tokens, temperature, top_p, top_k, top_logprobs, repetition_penalty)
             ):
                 results[index] = completion
         return results
 
-    def _generation_config(self, max_new_tokens, temperature, top_p, top_logprobs):
+    def _generation_config(self, max_new_tokens, temperature, top_p, top_k, top_logprobs):
         from transformers import GenerationConfig
 
         # A fresh config, not the model's: no repetition penalty or top-k=50 default that vLLM would not apply
@@ -180,7 +183,7 @@ class TransformersGenerator(Generator):
             do_sample=sampling,
             temperature=temperature if sampling else None,
             top_p=top_p if sampling else None,
-            top_k=0 if sampling else None,
+            top_k=top_k if sampling else None,
             eos_token_id=self.stops,
             pad_token_id=self.pad_id,
             bos_token_id=self.bos_id,
@@ -188,7 +191,7 @@ class TransformersGenerator(Generator):
             output_logits=top_logprobs > 0,
         )
 
-    def _generate_batch(self, batch, max_new_tokens, temperature, top_p, top_logprobs, repetition_penalty):
+    def _generate_batch(self, batch, max_new_tokens, temperature, top_p, top_k, top_logprobs, repetition_penalty):
         import numpy as np
         import torch
         from transformers import LogitsProcessorList
@@ -204,7 +207,7 @@ class TransformersGenerator(Generator):
             out = self.model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
-                generation_config=self._generation_config(max_new_tokens, temperature, top_p, top_logprobs),
+                generation_config=self._generation_config(max_new_tokens, temperature, top_p, top_k, top_logprobs),
                 logits_processor=LogitsProcessorList(
                     [RepetitionPenalty(repetition_penalty, [width - len(p) for p in batch])]
                     if repetition_penalty != 1.0
@@ -354,7 +357,8 @@ class VllmGenerator(Generator):
         tokenizer = self.llm.get_tokenizer()
         self.stops = stop_token_ids(tokenizer, _generation_config_or_none(model_dir))
 
-    def generate(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, top_logprobs=0, seed=0, repetition_penalty=1.0):
+    def generate(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, top_logprobs=0, seed=0, repetition_penalty=1.0,
+                 top_k=0):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -369,6 +373,8 @@ class VllmGenerator(Generator):
             max_tokens=max_new_tokens,
             temperature=temperature,
             top_p=top_p if temperature > 0 else 1.0,
+            # vLLM's "all tokens" is -1 (0 is refused by some releases)
+            top_k=top_k if temperature > 0 and top_k > 0 else -1,
             seed=seed if temperature > 0 else None,
             stop_token_ids=list(self.stops),
             logprobs=top_logprobs if top_logprobs > 0 else None,

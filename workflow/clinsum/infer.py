@@ -102,7 +102,8 @@ class Summarizer:
         try:
             completions = generator.generate(
                 [ids for ids, _ in encoded], max_new_tokens=settings["max_new_tokens"], temperature=settings["temperature"],
-                top_p=settings["top_p"], seed=settings["seed"], repetition_penalty=settings["repetition_penalty"],
+                top_p=settings["top_p"], top_k=settings["top_k"], seed=settings["seed"],
+                repetition_penalty=settings["repetition_penalty"],
             )
         except RuntimeError as error:
             if fallback or not self.guard or not is_nan_error(error):

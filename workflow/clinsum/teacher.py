@@ -279,6 +279,7 @@ def _generate_batch(generator, batch: list[str], prompts: dict, cropped: set, te
     common = dict(
         temperature=teacher["temperature"],
         top_p=teacher["top_p"],
+        top_k=teacher["top_k"],
         top_logprobs=k,
         seed=teacher["seed"],
         repetition_penalty=teacher["repetition_penalty"],
