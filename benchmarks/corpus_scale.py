@@ -122,11 +122,14 @@ def stage_ingest(run: StageRun) -> int:
 def stage_split(run: StageRun) -> int:
     from clinsum.split import split_language
 
-    split = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))["split"]
+    from clinsum.settings import parse_settings
+
+    split = parse_settings({"split": yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))["split"]})["split"]
     fractions = {name: split[name] for name in ("train", "valid", "test")}
     total = 0
     for lang in run.languages:
-        result = split_language(run.work / "corpus" / f"{lang}.jsonl", run.work / "split" / f"{lang}.json", lang, fractions, split["seed"])
+        result = split_language(run.work / "corpus" / f"{lang}.jsonl", run.work / "split" / f"{lang}.json", lang, fractions, split["seed"],
+                                split["method"], split["order"])
         total += sum(len(ids) for ids in result.values())
     return total
 

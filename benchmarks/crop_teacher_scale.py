@@ -70,7 +70,7 @@ def write_corpus(root: Path, documents: int, languages=LANGUAGES, seed: int = 42
                           "source": f"synthetic/{lang}/{number}"}
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
                 chars += len(report) + len(summary)
-        split = split_language(root / "corpus" / f"{lang}.jsonl", root / "split" / f"{lang}.json", lang, FRACTIONS, seed)
+        split = split_language(root / "corpus" / f"{lang}.jsonl", root / "split" / f"{lang}.json", lang, FRACTIONS, seed, "hash", "number")
         wanted = set(split["train"] + split["valid"])
         key_infos = (text for _, text in generate_set("large_scale", lang, count, sentences, seed + 1))
         with atomic_path(root / "teacher" / f"{lang}.jsonl") as handle:
@@ -85,8 +85,10 @@ def write_corpus(root: Path, documents: int, languages=LANGUAGES, seed: int = 42
 
 
 def crop_settings(prompt_tokens: int = 2566, answer_tokens: int = 512) -> dict:
-    return {"prompt_tokens": prompt_tokens, "answer_tokens": answer_tokens, "role": "system", "extract": EXTRACT,
-            "summarize": SUMMARIZE, "train_summarize": None}
+    from clinsum.crop import crop_settings as stage_settings
+
+    return stage_settings({"crop": {"prompt_tokens": prompt_tokens, "answer_tokens": answer_tokens},
+                           "prompts": {"role": "system", "extract": EXTRACT, "summarize": SUMMARIZE, "train_summarize": None}})
 
 
 def teacher_settings(k: int) -> dict:

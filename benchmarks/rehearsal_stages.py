@@ -114,7 +114,8 @@ def run_stages(work: Path, config: dict, documents: int, steps: int) -> list[dic
     split = config["split"]
     rows.append(combine("split", [measure("split", clinsum("split", "--corpus", work / "corpus" / f"{lang}.jsonl", "--lang", lang,
                                                            "--train", split["train"], "--valid", split["valid"], "--test", split["test"],
-                                                           "--seed", split["seed"], "--out", work / "split" / f"{lang}.json"), work, documents)
+                                                           "--seed", split["seed"], "--method", split["method"], "--order", split["order"],
+                                                           "--out", work / "split" / f"{lang}.json"), work, documents)
                                   for lang in LANGUAGES]))
     rows.append(teacher_stage(work, config))
     rows.append(measure("crop", clinsum("crop", "--corpus-dir", work / "corpus", "--split-dir", work / "split",

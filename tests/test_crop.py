@@ -7,6 +7,7 @@ import pytest
 from clinsum.chat import ChatCropper, _looks_left, build_messages, crop_example, encode_example, encode_prompt
 from clinsum.chat import crop_answer, crop_prompt, crop_to_tokens, encode_prompts
 from clinsum.crop import Spread, crop_corpus
+from clinsum.crop import crop_settings as crop_stage_settings
 from clinsum.ingest import ingest
 from clinsum.io import ClinsumError, JsonlIndex, read_json, read_jsonl, write_jsonl
 from clinsum.split import split_language
@@ -58,14 +59,17 @@ def test_prompt_and_answer_budgets_with_chat_template(tokenizer, role, budget):
 LANGUAGES = ["en", "es", "fr", "pt"]
 
 
-def crop_settings(prompt_tokens: int, answer_tokens: int, role: str = "system") -> dict:
-    return {
-        "prompt_tokens": prompt_tokens, "answer_tokens": answer_tokens, "role": role,
-        "extract": "Extract the key information from clinical text",
-        "summarize": {"en": "Summarize clinical text", "es": "Resumir el texto clínico",
-                      "fr": "Résumer le texte clinique", "pt": "Resumir texto clínico"},
-        "train_summarize": None,
-    }
+def crop_settings(prompt_tokens: int, answer_tokens: int, role: str = "system", **crop) -> dict:
+    """Crop's flat settings as the rule's --settings give them (the schema fills the rest)."""
+    return crop_stage_settings({
+        "crop": {"prompt_tokens": prompt_tokens, "answer_tokens": answer_tokens, **crop},
+        "prompts": {
+            "role": role, "extract": "Extract the key information from clinical text",
+            "summarize": {"en": "Summarize clinical text", "es": "Resumir el texto clínico",
+                          "fr": "Résumer le texte clinique", "pt": "Resumir texto clínico"},
+            "train_summarize": None,
+        },
+    })
 
 
 def prepare(tmp_path, source, key_info=lambda i: "Key: fever, cough. " * 30) -> None:
@@ -75,7 +79,7 @@ def prepare(tmp_path, source, key_info=lambda i: "Key: fever, cough. " * 30) -> 
     teacher.mkdir()
     for lang in LANGUAGES:
         split_language(tmp_path / "corpus" / f"{lang}.jsonl", tmp_path / "split" / f"{lang}.json", lang,
-                       {"train": 0.8, "valid": 0.01, "test": 0.19}, 42)
+                       {"train": 0.8, "valid": 0.01, "test": 0.19}, 42, "hash", "number")
         split = read_json(tmp_path / "split" / f"{lang}.json")
         write_jsonl(teacher / f"{lang}.jsonl", [
             {"id": doc_id, "lang": lang, "key_info": key_info(i), "token_ids": list(range(100)), "finish_reason": "stop"}

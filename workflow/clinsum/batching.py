@@ -130,30 +130,45 @@ def training_plan(steps_in_epochs: list[int], epochs: float) -> list[int]:
     return plan
 
 
-def optimizer_plan(documents: int, documents_per_step: int, epochs: float, eval_every: int, warmup_ratio: float) -> dict:
+def is_evaluation_step(step: int, total_steps: int, eval_every: int, eval_last_step: bool, evaluated: bool) -> bool:
+    """Whether the loop evaluates after `step`: every eval_every steps, and at the last step when eval_last_step
+    or when nothing was evaluated before (a run must end with a checkpoint to keep)."""
+    if step % eval_every == 0:
+        return True
+    return step == total_steps and (eval_last_step or not evaluated)
+
+
+def optimizer_plan(
+    documents: int, documents_per_step: int, epochs: float, eval_every: int, warmup_ratio: float,
+    eval_last_step: bool = True,
+) -> dict:
     """Steps, evaluations and warm-up of one variant over `documents` training documents."""
     if documents < 1:
         raise ValueError("no training documents to plan for")
     per_epoch = steps_per_epoch(documents, documents_per_step)
     steps = sum(training_plan([per_epoch] * math.ceil(epochs), epochs))
+    evaluations = 0
+    for step in range(1, steps + 1):
+        evaluations += is_evaluation_step(step, steps, eval_every, eval_last_step, evaluations > 0)
     return {
         "documents": documents,
         "documents_per_step": documents_per_step,
         "steps_per_epoch": per_epoch,
         "optimizer_steps": steps,
-        "evaluations": steps // eval_every + (1 if steps % eval_every else 0),
+        "evaluations": evaluations,
         "warmup_steps": math.ceil(warmup_ratio * steps),
     }
 
 
-def collate(examples: list[dict], pad_id: int) -> dict:
+def collate(examples: list[dict], pad_id: int, loss_on_prompt: bool = False) -> dict:
     """Tensors of one batch from tokenized examples.
 
     Each example: `input_ids` (prompt + answer), `prompt_len`, `task` (0 summarize, 1 extract) and,
     for distil_kl extract sequences, `teacher_ids` / `teacher_logprobs` ([rows, k]; row j belongs to
     answer position j). Returns input_ids [B, T] right-padded with pad_id, labels [B, T] (-100 on prompt
-    and padding), task [B], useful_tokens (non-padding count) and, when any example has teacher rows,
-    teacher_ids [B, T, k] (-1 where none) and teacher_logprobs [B, T, k] in the labels' positions.
+    and padding; on padding only with `loss_on_prompt`, as the paper's code, whose collator rebuilt the
+    labels from the input ids), task [B], useful_tokens (non-padding count) and, when any example has
+    teacher rows, teacher_ids [B, T, k] (-1 where none) and teacher_logprobs [B, T, k] in the labels' positions.
     """
     import torch
 
@@ -170,7 +185,8 @@ def collate(examples: list[dict], pad_id: int) -> dict:
         ids = torch.as_tensor(example["input_ids"], dtype=torch.long)
         start = int(example["prompt_len"])
         input_ids[row, : len(ids)] = ids
-        labels[row, start : len(ids)] = ids[start:]
+        first = 0 if loss_on_prompt else start
+        labels[row, first : len(ids)] = ids[first:]
         task[row] = int(example["task"])
         useful += len(ids)
         if "teacher_ids" in example:

@@ -17,16 +17,36 @@ from typing import Callable
 
 from .io import ClinsumError
 
-ROLES = ("system", "user")
+ROLES = ("system", "user", "paper_code")
+
+# The paper's code (distil-tuning-llm, distil_ft_qwen25.py) trained on this hand-written ChatML, as a chat
+# template so that every stage renders it alike: no system turn (so no default system prompt), a newline
+# before each <|im_end|>, and nothing after the last one.
+PAPER_CODE_TRAINING_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if not loop.first %}{{ '\\n' }}{% endif -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '\\n<|im_end|>' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt %}{{ '\\n<|im_start|>assistant\\n' }}{% endif -%}"
+)
+CHAT_TEMPLATES = {"paper_code": PAPER_CODE_TRAINING_TEMPLATE}
 
 
-def build_messages(instruction: str, text: str, answer: str | None = None, role: str = "system") -> list[dict]:
-    """ChatML messages: the instruction as the system turn (the paper) or prefixed to the user turn
-    (the paper's public code), the report as the user turn, and the answer as the assistant turn."""
+def build_messages(
+    instruction: str, text: str, answer: str | None = None, role: str = "system", training: bool = False
+) -> list[dict]:
+    """ChatML messages: the instruction as the system turn (the paper's text) or prefixed to the user turn, the
+    report as the user turn, and the answer as the assistant turn.
+
+    `paper_code` is the paper's public code: one user turn "{instruction}: {report}" for the teacher and at
+    inference (the model's template then adds its default system prompt), and "{instruction}:\n{report}" in
+    training (`training=True`), rendered with `training_template(role)`."""
     if role == "system":
         messages = [{"role": "system", "content": instruction}, {"role": "user", "content": text}]
-    elif role == "user":
+    elif role == "user" or (role == "paper_code" and training):
         messages = [{"role": "user", "content": f"{instruction}:\n{text}"}]
+    elif role == "paper_code":
+        messages = [{"role": "user", "content": f"{instruction}: {text}"}]
     else:
         raise ValueError(f"prompt role must be one of {ROLES}, got {role!r}")
     if answer is not None:
@@ -34,18 +54,37 @@ def build_messages(instruction: str, text: str, answer: str | None = None, role:
     return messages
 
 
+def training_template(role: str) -> str | None:
+    """The chat template training examples of this prompt role are rendered with (None: the tokenizer's own)."""
+    return CHAT_TEMPLATES.get(role)
+
+
+def named_template(name: str | None) -> str | None:
+    """A chat template by the name a crop record gives (`chat_template`); None: the tokenizer's own."""
+    if name is None:
+        return None
+    if name not in CHAT_TEMPLATES:
+        raise ClinsumError(f"unknown chat template {name!r} (known: {sorted(CHAT_TEMPLATES)})")
+    return CHAT_TEMPLATES[name]
+
+
+def _template(chat_template: str | None) -> dict:
+    """apply_chat_template's keyword for a template other than the tokenizer's own (none for its own)."""
+    return {"chat_template": chat_template} if chat_template is not None else {}
+
+
 def _ids(encoded) -> list[int]:
     # transformers 4.x returns a list, newer versions a BatchEncoding
     return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 
 
-def encode_prompt(tokenizer, messages: list[dict]) -> list[int]:
+def encode_prompt(tokenizer, messages: list[dict], chat_template: str | None = None) -> list[int]:
     """Token ids of the prompt turns followed by the assistant generation header."""
     prompt = [m for m in messages if m["role"] != "assistant"]
-    return _ids(tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True))
+    return _ids(tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, **_template(chat_template)))
 
 
-def encode_example(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+def encode_example(tokenizer, messages: list[dict], chat_template: str | None = None) -> tuple[list[int], list[int]]:
     """(prompt_ids, answer_ids) of a conversation that ends with an assistant turn.
 
     answer_ids are what follows the generation header in the fully formatted conversation: the
@@ -53,17 +92,31 @@ def encode_example(tokenizer, messages: list[dict]) -> tuple[list[int], list[int
     """
     if messages[-1]["role"] != "assistant":
         raise ValueError("encode_example needs a conversation ending with an assistant turn")
-    prompt_ids = encode_prompt(tokenizer, messages)
-    full_ids = _ids(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=False))
+    prompt_ids = encode_prompt(tokenizer, messages, chat_template)
+    full_ids = _ids(
+        tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=False, **_template(chat_template))
+    )
     if full_ids[: len(prompt_ids)] != prompt_ids:
         raise ValueError("the chat template does not format the prompt as a prefix of the conversation")
     return prompt_ids, full_ids[len(prompt_ids) :]
 
 
+def prompt_ids(tokenizer, instruction: str, text: str, role: str, training: bool = False) -> list[int]:
+    """The formatted prompt's ids: as training renders it (`training=True`: the role's training template) or as
+    the teacher and inference do."""
+    template = training_template(role) if training else None
+    return encode_prompt(tokenizer, build_messages(instruction, text, role=role, training=training), template)
+
+
+def example_ids(tokenizer, instruction: str, text: str, answer: str, role: str) -> tuple[list[int], list[int]]:
+    """(prompt_ids, answer_ids) of a training example, rendered as training renders it."""
+    messages = build_messages(instruction, text, answer, role=role, training=True)
+    return encode_example(tokenizer, messages, training_template(role))
+
+
 def answer_overhead(tokenizer, role: str = "system") -> int:
     """Tokens the template adds after an answer (end-of-turn), counted inside the answer budget."""
-    probe = build_messages("x", "x", "", role=role)
-    return len(encode_example(tokenizer, probe)[1])
+    return len(example_ids(tokenizer, "x", "x", "", role)[1])
 
 
 def crop_to_tokens(tokenizer, text: str, max_tokens: int) -> str:
@@ -84,15 +137,15 @@ def crop_to_tokens(tokenizer, text: str, max_tokens: int) -> str:
     return ""
 
 
-def crop_prompt(tokenizer, instruction: str, text: str, max_tokens: int, role: str) -> str:
+def crop_prompt(tokenizer, instruction: str, text: str, max_tokens: int, role: str, training: bool = False) -> str:
     """Crop the report so the formatted prompt (system+user turns and generation header) fits."""
-    overhead = len(encode_prompt(tokenizer, build_messages(instruction, "", role=role)))
+    overhead = len(prompt_ids(tokenizer, instruction, "", role, training))
     budget = max_tokens - overhead
     if budget <= 0:
         raise _no_room_for_report(max_tokens, overhead)
     while True:
         cropped = crop_to_tokens(tokenizer, text, budget)
-        excess = len(encode_prompt(tokenizer, build_messages(instruction, cropped, role=role))) - max_tokens
+        excess = len(prompt_ids(tokenizer, instruction, cropped, role, training)) - max_tokens
         if excess <= 0:
             return cropped
         budget -= excess  # tokens can merge across the report's boundary with the template
@@ -100,12 +153,11 @@ def crop_prompt(tokenizer, instruction: str, text: str, max_tokens: int, role: s
 
 def crop_answer(tokenizer, answer: str, max_tokens: int, role: str) -> str:
     """Crop an answer so that it and the template's end-of-turn tokens fit in `max_tokens`."""
-    probe = build_messages("x", "x", answer="", role=role)
-    overhead = len(encode_example(tokenizer, probe)[1])
+    overhead = answer_overhead(tokenizer, role)
     budget = max_tokens - overhead
     while budget > 0:
         cropped = crop_to_tokens(tokenizer, answer, budget)
-        excess = len(encode_example(tokenizer, build_messages("x", "x", cropped, role=role))[1]) - max_tokens
+        excess = len(example_ids(tokenizer, "x", "x", cropped, role)[1]) - max_tokens
         if excess <= 0:
             return cropped
         budget -= excess
@@ -126,17 +178,17 @@ def encode_cropped_prompt(
     """(prompt ids, cropped): the prompt's ids, its report cropped at a token boundary when the prompt would
     exceed `max_tokens`; `budget_key` names the config key that set it (infer.max_input_tokens,
     teacher.max_prompt_tokens) in the error when even an empty report does not fit."""
-    ids = encode_prompt(tokenizer, build_messages(instruction, text, role=role))
+    ids = prompt_ids(tokenizer, instruction, text, role)
     if len(ids) <= max_tokens:
         return ids, False
-    overhead = len(encode_prompt(tokenizer, build_messages(instruction, "", role=role)))
+    overhead = len(prompt_ids(tokenizer, instruction, "", role))
     if overhead >= max_tokens:
         raise ClinsumError(
             f"{budget_key}={max_tokens} leaves no room for the report "
             f"(the prompt template alone takes {overhead} tokens)"
         )
     cropped = crop_prompt(tokenizer, instruction, text, max_tokens, role)
-    return encode_prompt(tokenizer, build_messages(instruction, cropped, role=role)), True
+    return prompt_ids(tokenizer, instruction, cropped, role), True
 
 
 def crop_example(
@@ -144,10 +196,10 @@ def crop_example(
 ) -> "CroppedExample":
     """One example, per document: the report cropped to the prompt budget, the answer to the answer budget, and
     the token counts of the formatted conversation (the reference `ChatCropper` must equal)."""
-    report = crop_prompt(tokenizer, instruction, text, prompt_tokens, role)
+    report = crop_prompt(tokenizer, instruction, text, prompt_tokens, role, training=True)
     cropped_answer = crop_answer(tokenizer, answer, answer_tokens, role)
-    prompt_ids, answer_ids = encode_example(tokenizer, build_messages(instruction, report, cropped_answer, role=role))
-    return CroppedExample(report, cropped_answer, len(prompt_ids), len(answer_ids))
+    prompt, answer_ids = example_ids(tokenizer, instruction, report, cropped_answer, role)
+    return CroppedExample(report, cropped_answer, len(prompt), len(answer_ids))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,7 +474,7 @@ class ChatCropper:
     def __init__(self, tokenizer, role: str, prompt_tokens: int, answer_tokens: int):
         if role not in ROLES:
             raise ValueError(f"prompt role must be one of {ROLES}, got {role!r}")
-        self.tokenizer, self.role = tokenizer, role
+        self.tokenizer, self.role, self.template = tokenizer, role, training_template(role)
         self.prompt_tokens, self.answer_tokens = prompt_tokens, answer_tokens
         self.shape = _TokenizerShape(tokenizer)
         self.answer_overhead = answer_overhead(tokenizer, role)
@@ -431,13 +483,18 @@ class ChatCropper:
         self.fallbacks = 0
 
     def _render(self, conversations: list[list[dict]], generation_prompt: bool) -> list[str]:
-        return self.tokenizer.apply_chat_template(conversations, tokenize=False, add_generation_prompt=generation_prompt)
+        return self.tokenizer.apply_chat_template(
+            conversations, tokenize=False, add_generation_prompt=generation_prompt, **_template(self.template)
+        )
+
+    def _messages(self, instruction: str, text: str, answer: str | None = None) -> list[dict]:
+        return build_messages(instruction, text, answer, role=self.role, training=True)
 
     def _make_answer_layout(self) -> _Layout | None:
         role = self.role
-        layout = _make_layout(self.shape, lambda answers: self._render([build_messages("x", "x", a, role) for a in answers], False))
+        layout = _make_layout(self.shape, lambda answers: self._render([self._messages("x", "x", a) for a in answers], False))
         # encode_example's prompt must be the conversation's part before the answer
-        if layout is None or self._render([build_messages("x", "x", role=role)], True)[0] != layout.head + layout.lead:
+        if layout is None or self._render([self._messages("x", "x")], True)[0] != layout.head + layout.lead:
             return None
         self.answer_lead_ids = self.shape.encode([layout.lead])[0].ids
         return layout
@@ -446,11 +503,11 @@ class ChatCropper:
         """The prompt's layout for an instruction (None: not usable) and the template's own tokens."""
         if instruction not in self._prompt_layouts:
             role = self.role
-            overhead = len(encode_prompt(self.tokenizer, build_messages(instruction, "", role=role)))
+            overhead = len(prompt_ids(self.tokenizer, instruction, "", role, training=True))
             layout = None
             if self.answer_layout is not None:
                 layout = _make_layout(
-                    self.shape, lambda texts: self._render([build_messages(instruction, t, role=role) for t in texts], True)
+                    self.shape, lambda texts: self._render([self._messages(instruction, t) for t in texts], True)
                 )
             if layout is not None:
                 # the generation header must be the answer's lead, after an added token
@@ -511,7 +568,7 @@ class ChatCropper:
     def _check_joined(self, examples: list[tuple[str, str, str]], results: list[CroppedExample | None]) -> None:
         """encode_example: each whole conversation must join its prompt and answer as measured (else None)."""
         done = [i for i, result in enumerate(results) if result is not None]
-        conversations = [build_messages(examples[i][0], results[i].report, results[i].answer, self.role) for i in done]
+        conversations = [self._messages(examples[i][0], results[i].report, results[i].answer) for i in done]
         answer = self.answer_layout
         for i, full in zip(done, self._render(conversations, False) if done else []):
             layout = self._prompt_layout(examples[i][0])[0]

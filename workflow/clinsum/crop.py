@@ -6,6 +6,11 @@ system+user part is cropped to `prompt_tokens` by shortening the report, the ass
 plus end-of-turn) to `answer_tokens`. Cropping cuts at a token boundary mapped back to characters, so a
 cropped text is always a prefix of the original and never ends in a broken character.
 
+`unit: characters` crops as the paper's code did instead: the report to its first `report_characters`
+characters, the summary and the key information to `answer_characters`; the token counts are then measured,
+and examples longer than prompt_tokens + answer_tokens (the code's own sequence limit, 3,078 tokens, at which
+its tokenizer truncated) are counted and logged.
+
 The corpus streams through in batches of documents, each cropped by `chat.ChatCropper` (one tokenizer pass
 per text; the same results as the per-document `chat.crop_example`), optionally in worker processes; statistics
 are running sums, and the teacher's records are read by id from an index of line offsets, so memory does not
@@ -24,7 +29,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .chat import ChatCropper, CroppedExample, build_messages, crop_example
+from .chat import ChatCropper, CroppedExample, build_messages, crop_example, example_ids, training_template
 from .io import ClinsumError, JsonlIndex, atomic_path, read_jsonl
 from .model_files import load_tokenizer
 from .records import SPLITS, Document, iter_documents, read_split
@@ -38,16 +43,19 @@ DOCUMENTS_PER_BATCH = 128  # enough to amortize a tokenizer call and a worker ro
 
 def example_record(doc_id, lang, task, instruction, text, answer, role, cropped: CroppedExample) -> dict:
     """One line of {split}.jsonl (`answer` stripped, as cropped)."""
-    return {
+    record = {
         "id": doc_id,
         "lang": lang,
         "task": task,
-        "messages": build_messages(instruction, cropped.report, cropped.answer, role=role),
+        "messages": build_messages(instruction, cropped.report, cropped.answer, role=role, training=True),
         "prompt_tokens": cropped.prompt_tokens,
         "answer_tokens": cropped.answer_tokens,
         "report_cropped": cropped.report != text,
         "answer_cropped": cropped.answer != answer,
     }
+    if training_template(role) is not None:
+        record["chat_template"] = role  # training renders the messages with this template (chat.named_template)
+    return record
 
 
 class Spread:
@@ -121,6 +129,20 @@ def crop_batches(
                 yield pending.popleft().result()
     finally:
         _worker.clear()
+
+
+def character_batches(batches: Iterable[list[tuple[str, str, str]]], tokenizer_dir, settings: dict):
+    """(cropped examples, 0) for each batch, cropped by characters as the paper's code did, their tokens counted
+    as training renders them."""
+    tokenizer = load_tokenizer(tokenizer_dir)
+    role, report_chars, answer_chars = settings["role"], settings["report_characters"], settings["answer_characters"]
+    for batch in batches:
+        cropped = []
+        for instruction, text, answer in batch:
+            report, kept = text[:report_chars], answer[:answer_chars]
+            prompt, answer_ids = example_ids(tokenizer, instruction, report, kept, role)
+            cropped.append(CroppedExample(report, kept, len(prompt), len(answer_ids)))
+        yield cropped, 0
 
 
 def reference_batches(batches: Iterable[list[tuple[str, str, str]]], tokenizer_dir, settings: dict):
@@ -216,7 +238,8 @@ def crop_corpus(
     examples, fallbacks, seconds). `per_document` crops with the reference functions instead."""
     out_dir = Path(out_dir)
     stats: dict = {"counts": {}, "chars": {}, "tokens": {}}
-    started, examples, fallbacks = time.perf_counter(), 0, 0
+    started, examples, fallbacks, longer = time.perf_counter(), 0, 0, 0
+    sequence_limit = settings["prompt_tokens"] + settings["answer_tokens"]
     with ExitStack() as stack:
         files = {name: stack.enter_context(atomic_path(out_dir / f"{name}.jsonl")) for name in TRAIN_SPLITS}
         specs = _specs(corpus_dir, split_dir, languages, settings, teacher_dir, stats)
@@ -227,7 +250,9 @@ def crop_corpus(
                 in_flight.append(batch)
                 yield [(spec[4], spec[3].text, spec[5]) for spec in batch]
 
-        if per_document:
+        if settings["unit"] == "characters":
+            cropped_batches = character_batches(batches(), tokenizer_dir, settings)
+        elif per_document:
             cropped_batches = reference_batches(batches(), tokenizer_dir, settings)
         else:
             cropped_batches = crop_batches(batches(), tokenizer_dir, settings, workers, threads)
@@ -238,6 +263,12 @@ def crop_corpus(
                 files[spec[1]].write(json.dumps(example, ensure_ascii=False) + "\n")
                 _count_tokens(stats, spec[0], spec[1], example)
                 examples += 1
+                longer += example["prompt_tokens"] + example["answer_tokens"] > sequence_limit
+    stats["over_sequence_limit"] = longer
+    if longer:
+        log.warning("%d examples are longer than prompt_tokens + answer_tokens = %d tokens (cropped by characters: "
+                    "the paper's code truncated such sequences at its 3,078-token limit; they are kept whole here)",
+                    longer, sequence_limit)
     tables = stats_markdown(stats, settings)
     if teacher_dir:
         tables += "\n" + table2_markdown([Path(teacher_dir) / f"{lang}.jsonl" for lang in languages])
@@ -287,10 +318,15 @@ def stats_markdown(stats: dict, settings: dict) -> str:
         for name in ("train", "valid", "test"):
             chars = by_split.get(name, {"text": Spread(), "summary": Spread()})
             lines.append(f"| {lang} | {name} | {chars['text'].cell()} | {chars['summary'].cell()} |")
+    if settings["unit"] == "characters":
+        budget = (f"{settings['report_characters']} report / {settings['answer_characters']} answer characters "
+                  f"(the paper's code); {stats.get('over_sequence_limit', 0)} examples over "
+                  f"{settings['prompt_tokens'] + settings['answer_tokens']} tokens")
+    else:
+        budget = f"{settings['prompt_tokens']} prompt / {settings['answer_tokens']} answer tokens"
     lines += [
         "",
-        f"## Table 3 (cropped): after cropping to {settings['prompt_tokens']} prompt / "
-        f"{settings['answer_tokens']} answer tokens, mean (min–max)",
+        f"## Table 3 (cropped): after cropping to {budget}, mean (min–max)",
         "",
         "| language | split | task | report chars | answer chars | prompt tokens | answer tokens |",
         "|---|---|---|---|---|---|---|",

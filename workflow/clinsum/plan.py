@@ -7,8 +7,12 @@ over it key by key, validated against the schema with its defaults), and the cor
 when they exist (`results/`); `--documents` gives the training document count without them.
 
     clinsum plan --configfile config/paper.yaml --documents 1892
+    clinsum plan --configfile config/paper.yaml config/paper-code.yaml --pairs-per-language 592
 
-The train rule logs the same numbers at its start (`batching.optimizer_plan` is the one computation of both).
+`--pairs-per-language` (documents with a reference summary per language) gives each language's split sizes under
+the configured split method (exact for `paper_code`, expected for `hash`) and, without `--documents`, the
+training documents. The train rule logs the same numbers at its start (`batching.optimizer_plan` is the one
+computation of both).
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from pathlib import Path
 
 from .batching import optimizer_plan
 from .io import ClinsumError, read_jsonl
-from .records import load_documents, read_split
+from .records import SPLITS, load_documents, read_split
 from .settings import merge, parse_config
+from .split import split_sizes
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +72,8 @@ def variant_rows(config: dict, documents: int, train_jsonl: Path) -> list[dict]:
     rows = []
     for variant in train["variants"]:
         row = {"variant": variant, **optimizer_plan(
-            documents, train["documents_per_step"][variant], train["epochs"], train["eval_every"], train["warmup_ratio"]
+            documents, train["documents_per_step"][variant], train["epochs"], train["eval_every"], train["warmup_ratio"],
+            train["eval_last_step"],
         )}
         per_document = tokens_per_document(train_jsonl, variant)
         if per_document:
@@ -109,6 +115,35 @@ def teacher_prompts_over(config: dict, corpus_dir: Path, split_dir: Path) -> dic
     return result
 
 
+def split_rows(config: dict, split_dir: Path, pairs_per_language: int | None) -> list[dict]:
+    """Each language's split sizes: from the split files when they exist, else from --pairs-per-language (exact for
+    the paper code's method, expected for the hash), else none."""
+    split = config["split"]
+    fractions = {name: split[name] for name in SPLITS}
+    rows = []
+    for lang in config["languages"]:
+        path = split_dir / f"{lang}.json"
+        if path.is_file():
+            ids = read_split(path, lang)
+            rows.append({"lang": lang, **{name: len(ids[name]) for name in SPLITS}, "source": str(path)})
+        elif pairs_per_language:
+            source = "exact" if split["method"] == "paper_code" else "expected"
+            rows.append({"lang": lang, **split_sizes(pairs_per_language, fractions, split["method"]),
+                         "source": f"{source}, {pairs_per_language} pairs"})
+    return rows
+
+
+def render_splits(rows: list[dict], config: dict) -> str:
+    split = config["split"]
+    method = split["method"] + (f", order {split['order']}" if split["method"] == "paper_code" else "")
+    if not rows:
+        return f"split ({method}): give --pairs-per-language, or run the workflow up to the split\n"
+    lines = [f"split ({method}, seed {split['seed']}):", "", "| language | train | valid | test | from |",
+             "|---|---:|---:|---:|---|"]
+    lines += [f"| {r['lang']} | {r['train']} | {r['valid']} | {r['test']} | {r['source']} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def render(rows: list[dict], teacher: dict) -> str:
     lines = [
         "| variant | documents | documents/step | steps/epoch | optimizer steps | evaluations | warm-up steps | tokens/step |",
@@ -137,14 +172,21 @@ def _run(args) -> None:
         raise ClinsumError(f"{base}: the base configuration is missing (run from the checkout, or pass --no-base)")
     config = load_config(args.configfile, base)
     results = Path(args.results)
+    splits = split_rows(config, results / "split", args.pairs_per_language)
     documents = args.documents or train_documents(results / "split", config["languages"])
+    if documents is None and args.pairs_per_language:
+        documents = round(sum(row["train"] for row in splits))  # exact for paper_code, expected for hash
     if documents is None:
         raise ClinsumError(
-            f"{results / 'split'}: no split files yet; give the training document count with --documents"
+            f"{results / 'split'}: no split files yet; give the training document count with --documents, or the "
+            "pairs per language with --pairs-per-language"
         )
     rows = variant_rows(config, documents, results / "data" / "train.jsonl")
     teacher = teacher_prompts_over(config, results / "corpus", results / "split")
-    print(json.dumps({"variants": rows, "teacher": teacher}, indent=2) if args.json else render(rows, teacher), end="")
+    if args.json:
+        print(json.dumps({"splits": splits, "variants": rows, "teacher": teacher}, indent=2))
+    else:
+        print(render_splits(splits, config) + "\n" + render(rows, teacher), end="")
 
 
 def add_cli(subparsers) -> None:
@@ -157,6 +199,9 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--base", default="config/config.yaml", help="the Snakefile's configfile (default: %(default)s)")
     parser.add_argument("--no-base", action="store_true", help="do not merge the configfiles over --base")
     parser.add_argument("--documents", type=int, help="training documents (all languages); default: from the split files")
+    parser.add_argument("--pairs-per-language", type=int,
+                        help="documents with a reference per language (MultiClinSum 2025 gold: 592): each language's split "
+                        "sizes, and for split.method paper_code the training documents")
     parser.add_argument("--results", default="results", help="the workflow's results folder (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(func=_run)

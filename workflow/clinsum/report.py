@@ -26,9 +26,10 @@ import logging
 import re
 from pathlib import Path
 
+from .fidelity import mode as fidelity_mode
 from .io import ClinsumError, atomic_path, read_json, write_json
-from .settings import parse_settings
 from .predictions import load_predictions
+from .settings import parse_settings
 from .trainlog import plot_curves, read_log
 
 log = logging.getLogger(__name__)
@@ -625,6 +626,7 @@ def index_html(page: dict, samples: int, seed: int, bar_paths: dict[str, Path], 
 <html lang="en"><head><meta charset="utf-8"><title>clinsum evaluation report</title>
 <style>{CSS}</style></head><body>
 <h1>clinsum evaluation report</h1>
+<p class="note">{html.escape(page["fidelity"])}</p>
 <h2>Table 4: test split, per language and model (protocol {html.escape(page["protocol"])})</h2>
 <p class="note">{html.escape(page["protocol_note"])}</p>
 {table4_html(page["rows"])}
@@ -658,13 +660,17 @@ def build_report(
     samples: int = 1000,
     seed: int = 42,
     judge_paths: list[str | Path] = (),
+    fidelity: str = "",
 ) -> dict:
+    """Every report file in `out_dir`; `fidelity` is the header's sentence on the paper fidelity mode
+    (clinsum.fidelity.mode)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     evals = load_evals(eval_paths)
     merge_judgements(evals, list(judge_paths))
     rows = table4_rows(evals, models, languages)
     page = {
+        "fidelity": fidelity,
         "rows": rows,
         "protocol": protocol_name(evals),
         "protocol_note": protocol_note(evals),
@@ -675,7 +681,8 @@ def build_report(
     }
     with atomic_path(out_dir / "table4.md") as handle:
         handle.write(
-            table4_markdown(rows, page["protocol_note"] + " " + page["note"], page["protocol"])
+            (f"{fidelity}\n\n" if fidelity else "")
+            + table4_markdown(rows, page["protocol_note"] + " " + page["note"], page["protocol"])
             + "\n## Documents\n\n" + counts_markdown(rows)
         )
     write_table4_csv(out_dir / "table4.csv", rows)
@@ -770,6 +777,7 @@ def _run_report(args) -> None:
     models = ["base", *settings["train"]["variants"]]
     build_report(
         args.eval, logs, models, settings["languages"], args.out_dir, bootstrap["samples"], bootstrap["seed"], args.judge,
+        fidelity=fidelity_mode(settings),
     )
 
 
@@ -791,7 +799,8 @@ def add_cli(subparsers) -> None:
     parser.add_argument(
         "--settings",
         required=True,
-        help='JSON: {"models": [base, variants...], "languages": [...], "bootstrap": {"samples": N, "seed": S}}',
+        help='JSON shaped as config.yaml: {"languages": [...], "train": {"variants": [...], ...}, "evaluate": {"bootstrap": '
+        '{"samples": N, "seed": S}}} and the keys of clinsum.fidelity (crop, split, prompts, train, infer)',
     )
     parser.add_argument("--out-dir", required=True, help="results/report")
     parser.set_defaults(func=_run_report)

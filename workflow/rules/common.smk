@@ -6,7 +6,9 @@ from pathlib import Path
 CODE = Path(workflow.basedir) / "workflow" / "clinsum"
 sys.path.insert(0, str(CODE.parent))  # the checkout's own package, installed or not
 
+from clinsum import fidelity as clinsum_fidelity
 from clinsum import model_files as clinsum_model_files
+from clinsum import settings as clinsum_settings
 from clinsum import models as clinsum_models
 from clinsum.codegraph import closure_files
 from clinsum import sources as clinsum_sources
@@ -488,6 +490,20 @@ def report_judge_inputs(wildcards):
 
 def report_judge_option(wildcards, input):
     return f"--judge {' '.join(input.judge)}" if "judge" in input.keys() else ""
+
+
+def report_settings():
+    """What the report reads: languages, variants, the bootstrap, and the keys that decide its paper fidelity
+    mode (clinsum.fidelity), shaped as config.yaml."""
+    settings = clinsum_settings.merge(
+        clinsum_fidelity.config_subset(config),
+        {
+            "languages": LANGS,
+            "train": {"variants": config["train"]["variants"]},
+            "evaluate": {"bootstrap": config["evaluate"]["bootstrap"]},
+        },
+    )
+    return settings
 
 
 def report_train_logs(wildcards, input):

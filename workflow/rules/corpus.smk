@@ -69,9 +69,12 @@ rule split:
         valid=config["split"]["valid"],
         test=config["split"]["test"],
         seed=config["split"]["seed"],
+        method=config["split"]["method"],
+        order=config["split"]["order"],
     shell:
         "python -m clinsum split --corpus {input.corpus} --lang {wildcards.lang} --train {params.train}"
-        " --valid {params.valid} --test {params.test} --seed {params.seed} --out {output} > {log} 2>&1"
+        " --valid {params.valid} --test {params.test} --seed {params.seed} --method {params.method}"
+        " --order {params.order} --out {output} > {log} 2>&1"
 
 
 rule crop:

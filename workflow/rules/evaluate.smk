@@ -85,13 +85,7 @@ rule report:
     resources:
         mem_mb=2000,
     params:
-        settings=as_json(
-            {
-                "languages": LANGS,
-                "train": {"variants": config["train"]["variants"]},
-                "evaluate": {"bootstrap": config["evaluate"]["bootstrap"]},
-            }
-        ),
+        settings=as_json(report_settings()),
         train_logs=report_train_logs,
         out_dir=lambda wildcards, output: str(Path(output.index).parent),
         judge=report_judge_option,

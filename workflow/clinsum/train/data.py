@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .. import model_files
-from ..chat import build_messages, encode_example, encode_prompt
+from ..chat import build_messages, encode_example, encode_prompt, named_template
 from ..io import ClinsumError, fingerprint, read_jsonl
 from ..losses import TASK_ID, teacher_answer_ids
 
@@ -58,6 +58,7 @@ def _raw_records(path: str, signature: str, variant: str):
                 "lang": record["lang"],
                 "task": record["task"],
                 "messages": json.dumps(record["messages"], ensure_ascii=False),
+                "chat_template": record.get("chat_template") or "",
                 "teacher_token_ids": list(record.get("teacher_token_ids") or []),
             }
 
@@ -65,17 +66,21 @@ def _raw_records(path: str, signature: str, variant: str):
 def _tokenize(batch: dict, tokenizer_dir: str, tokenizer_signature: str, variant: str, answer_budget, source: str):
     """datasets.map function (batched). tokenizer_signature only keys the cache to the tokenizer files."""
     tokenizer = load_tokenizer(tokenizer_dir)
-    end_of_turn = encode_example(tokenizer, build_messages("x", "x", ""))[1]
     special = set(tokenizer.all_special_ids)
+    end_of_turn: dict[str, list[int]] = {}  # per chat template: the ids the template puts after an answer
     out = {"input_ids": [], "prompt_len": [], "length": [], "task_id": [], "kl_rows": []}
-    for doc_id, messages, task, teacher_ids in zip(batch["id"], batch["messages"], batch["task"], batch["teacher_token_ids"]):
+    rows = zip(batch["id"], batch["messages"], batch["task"], batch["teacher_token_ids"], batch["chat_template"])
+    for doc_id, messages, task, teacher_ids, template_name in rows:
         try:
-            prompt_ids, answer_ids = encode_example(tokenizer, json.loads(messages))
-        except ValueError as error:
+            template = named_template(template_name or None)
+            prompt_ids, answer_ids = encode_example(tokenizer, json.loads(messages), template)
+        except (ValueError, ClinsumError) as error:
             raise ClinsumError(f"{source}: document {doc_id} ({task}): {error}") from None
         kl_rows = 0
         if variant == "distil_kl" and task == "extract":
-            answer_ids, kl_rows = teacher_answer_ids(teacher_ids, end_of_turn, special, answer_budget)
+            if template_name not in end_of_turn:
+                end_of_turn[template_name] = encode_example(tokenizer, build_messages("x", "x", ""), template)[1]
+            answer_ids, kl_rows = teacher_answer_ids(teacher_ids, end_of_turn[template_name], special, answer_budget)
         out["input_ids"].append(prompt_ids + answer_ids)
         out["prompt_len"].append(len(prompt_ids))
         out["length"].append(len(prompt_ids) + len(answer_ids))
@@ -95,7 +100,7 @@ def tokenized_dataset(path, tokenizer_dir, variant, cache_dir, answer_budget=Non
         _raw_records,
         gen_kwargs={"path": str(path), "signature": fingerprint(None, files=[path]), "variant": variant},
         features=datasets.Features(
-            {"id": text, "lang": text, "task": text, "messages": text,
+            {"id": text, "lang": text, "task": text, "messages": text, "chat_template": text,
              "teacher_token_ids": datasets.Sequence(datasets.Value("int32"))}
         ),
         cache_dir=str(cache_dir),
@@ -114,7 +119,7 @@ def tokenized_dataset(path, tokenizer_dir, variant, cache_dir, answer_budget=Non
             "answer_budget": answer_budget,
             "source": str(path),
         },
-        remove_columns=["messages", "teacher_token_ids"],
+        remove_columns=["messages", "teacher_token_ids", "chat_template"],
         num_proc=num_proc if num_proc and len(raw) >= 2000 else None,
         features=datasets.Features(
             {"id": text, "lang": text, "task": text,
@@ -151,7 +156,7 @@ def valid_prompts(path, tokenizer) -> tuple[list[list[int]], list[str]]:
     prompts, references = [], []
     for record in read_jsonl(path):
         if record.get("task") == "summarize":
-            prompts.append(encode_prompt(tokenizer, record["messages"]))
+            prompts.append(encode_prompt(tokenizer, record["messages"], named_template(record.get("chat_template"))))
             references.append(record["messages"][-1]["content"])
     if not prompts:
         raise ClinsumError(f"{path}: no summarize records to select the checkpoint on")

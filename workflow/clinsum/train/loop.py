@@ -13,7 +13,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..batching import collate, document_steps, epoch_seed, micro_batches, optimizer_plan, training_plan
+from ..batching import (
+    collate,
+    document_steps,
+    epoch_seed,
+    is_evaluation_step,
+    micro_batches,
+    optimizer_plan,
+    training_plan,
+)
 from ..generation import native_bf16
 from ..io import ClinsumError
 from ..losses import batch_loss, label_totals
@@ -37,7 +45,9 @@ def train(train_path, valid_path, model_dir, settings: TrainSettings, out_dir, c
         for epoch, units in run.pending_steps():
             row = optimizer_step(run, epoch, units)
             advance(bar, row)
-            if run.progress.step % settings.eval_every == 0 or run.progress.step == run.progress.total_steps:
+            progress = run.progress
+            if is_evaluation_step(progress.step, progress.total_steps, settings.eval_every, settings.eval_last_step,
+                                  progress.best_step is not None):
                 evaluate_and_save(run, row)
             if stop.signal is not None:
                 run.save_state()
@@ -108,7 +118,7 @@ def optimizer_step(run: Run, epoch: int, units: list[int]) -> dict:
     started = time.perf_counter()
     settings, (gamma, beta) = run.settings, run.settings.loss_weights()
     rows_of_step = [i for unit in units for i in run.units[unit]]
-    batches = [collate(data.examples(run.dataset, indices, run.topk), run.pad_id)
+    batches = [collate(data.examples(run.dataset, indices, run.topk), run.pad_id, settings.loss_on_prompt)
                for indices in micro_batches(rows_of_step, run.lengths, settings.tokens_per_batch)]
     totals = label_totals(batches, beta)
     lr = run.scheduler.get_last_lr()[0]
@@ -249,12 +259,14 @@ def plan_steps(dataset, lengths: list[int], settings: TrainSettings):
     epochs_steps = [document_steps(unit_lengths, settings.documents_per_step, epoch_seed(settings.seed, epoch))
                     for epoch in range(math.ceil(settings.epochs))]
     plan = training_plan([len(steps) for steps in epochs_steps], settings.epochs)
-    planned = optimizer_plan(len(units), settings.documents_per_step, settings.epochs, settings.eval_every, settings.warmup_ratio)
+    planned = optimizer_plan(len(units), settings.documents_per_step, settings.epochs, settings.eval_every, settings.warmup_ratio,
+                             settings.eval_last_step)
     tokens = sum(lengths) / len(units) * settings.documents_per_step
-    log.info("plan: %d documents, %d a step, %d optimizer steps over %s epochs, %d evaluations (every %d steps and "
-             "the last), %d warm-up steps, %.0f tokens a step on average, micro-batches of at most %d tokens",
+    log.info("plan: %d documents, %d a step, %d optimizer steps over %s epochs, %d evaluations (every %d steps%s), "
+             "%d warm-up steps, %.0f tokens a step on average, micro-batches of at most %d tokens; loss on %s",
              len(units), settings.documents_per_step, sum(plan), settings.epochs, planned["evaluations"],
-             settings.eval_every, planned["warmup_steps"], tokens, settings.tokens_per_batch)
+             settings.eval_every, " and the last" if settings.eval_last_step else "", planned["warmup_steps"], tokens,
+             settings.tokens_per_batch, "prompt and answer tokens" if settings.loss_on_prompt else "answer tokens")
     return units, epochs_steps, plan
 
 

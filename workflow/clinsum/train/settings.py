@@ -31,6 +31,8 @@ class TrainSettings:
     eval_batch_size: int
     eval_repetition_penalty: float
     max_grad_norm: float
+    loss_on_prompt: bool
+    eval_last_step: bool
     kl_beta: float
     kl_temperature: float
     select_metric: str
