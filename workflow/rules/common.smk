@@ -1,5 +1,6 @@
 import json
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -19,7 +20,14 @@ NAMED_MODELS = config["models"]
 
 # Rules run the stages as `python -m clinsum` with this checkout's code, in whichever environment runs
 # the job: the one Snakemake runs in, or a rule's conda environment (`--sdm conda`).
-shell.prefix(f"export PYTHONPATH={CODE.parent}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+shell.prefix(
+    f"export PYTHONPATH={shlex.quote(str(CODE.parent))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+)
+
+
+def quoted(paths):
+    """Paths as shell words (a path may hold spaces or any letter): the option strings built here."""
+    return " ".join(shlex.quote(str(path)) for path in paths)
 
 
 def check_tensor_parallel_gpus(section):
@@ -258,7 +266,7 @@ def model_source(wildcards):
 
 
 def model_source_option(wildcards, input):
-    return f"--source {input.source}" if "source" in input.keys() else ""
+    return f"--source {quoted([input.source])}" if "source" in input.keys() else ""
 
 
 def model_spec(wildcards):
@@ -268,6 +276,20 @@ def model_spec(wildcards):
 def hub_repo_id(wildcards):
     """resources/models/hub/{owner}--{name} is the hub's owner/name."""
     return wildcards.repo.replace("--", "/", 1)
+
+
+def hub_model_users(wildcards):
+    """The config keys that name a hub model (for its download's error messages)."""
+    target = f"resources/models/hub/{wildcards.repo}"
+    keys = [
+        key
+        for key, ref in clinsum_models.model_references(config).items()
+        if clinsum_models.model_kind(ref, NAMED_MODELS) == "hub"
+        and model_path(ref) == target
+    ]
+    if target in BERTSCORE_MODELS.values() and not keys:
+        keys.append(f"evaluate.protocol {config['evaluate']['protocol']}")
+    return ", ".join(keys)
 
 
 # ---------------------------------------------------------------- teacher
@@ -312,13 +334,13 @@ def teacher_shard_outputs():
 
 
 def teacher_topk_option(wildcards, output):
-    return f"--topk-out {output.topk}" if TEACHER_TOPK else ""
+    return f"--topk-out {quoted([output.topk])}" if TEACHER_TOPK else ""
 
 
 def gather_topk_options(wildcards, input, output):
     if not TEACHER_TOPK:
         return ""
-    return f"--topk-inputs {' '.join(input.topk)} --topk-out {output.topk}"
+    return f"--topk-inputs {quoted(input.topk)} --topk-out {quoted([output.topk])}"
 
 
 def teacher_gather_inputs(wildcards):
@@ -383,7 +405,7 @@ def train_kl_options(wildcards, input):
     if wildcards.variant != "distil_kl":
         return ""
     return (
-        f"--teacher-topk {' '.join(input.topk)} --teacher-model {input.teacher}"
+        f"--teacher-topk {quoted(input.topk)} --teacher-model {quoted([input.teacher])}"
         f" --answer-tokens {config['crop']['answer_tokens']}"
     )
 
@@ -489,7 +511,7 @@ def report_judge_inputs(wildcards):
 
 
 def report_judge_option(wildcards, input):
-    return f"--judge {' '.join(input.judge)}" if "judge" in input.keys() else ""
+    return f"--judge {quoted(input.judge)}" if "judge" in input.keys() else ""
 
 
 def report_settings():
@@ -508,7 +530,7 @@ def report_settings():
 
 def report_train_logs(wildcards, input):
     """variant=results/models/{variant}/train_log.csv for each trained variant."""
-    return " ".join(
+    return quoted(
         f"{variant}={path}/train_log.csv"
         for variant, path in zip(config["train"]["variants"], input.models)
     )
@@ -516,7 +538,7 @@ def report_train_logs(wildcards, input):
 
 def submission_predictions(wildcards, input):
     """lang=results/predictions/{model}/{lang}.jsonl for each language."""
-    return " ".join(f"{lang}={path}" for lang, path in zip(LANGS, input.predictions))
+    return quoted(f"{lang}={path}" for lang, path in zip(LANGS, input.predictions))
 
 
 def evaluation_targets():

@@ -21,7 +21,7 @@ if SYNTHETIC:
         shell:
             "python -m clinsum synthetic --sentences {input.sentences:q} --out {output:q} --languages {params.languages}"
             " --gold {params.gold} --test {params.test} --large-scale {params.large_scale} --seed {params.seed}"
-            " > {log} 2>&1"
+            " > {log:q} 2>&1"
 
 
 # The sources are not inputs (Snakemake would compare a folder's own modification time, which
@@ -49,7 +49,7 @@ rule ingest:
     shell:
         "python -m clinsum ingest --sources {params.sources:q} --layouts {params.layouts:q}"
         " --languages {params.languages} --on-bad-input {params.on_bad_input}"
-        " --out-dir results/corpus > {log} 2>&1"
+        " --out-dir results/corpus > {log:q} 2>&1"
 
 
 rule split:
@@ -72,9 +72,9 @@ rule split:
         method=config["split"]["method"],
         order=config["split"]["order"],
     shell:
-        "python -m clinsum split --corpus {input.corpus} --lang {wildcards.lang} --train {params.train}"
+        "python -m clinsum split --corpus {input.corpus:q} --lang {wildcards.lang} --train {params.train}"
         " --valid {params.valid} --test {params.test} --seed {params.seed} --method {params.method}"
-        " --order {params.order} --out {output} > {log} 2>&1"
+        " --order {params.order} --out {output:q} > {log:q} 2>&1"
 
 
 rule crop:
@@ -106,5 +106,5 @@ rule crop:
         teacher=crop_teacher_option,
     shell:
         "python -m clinsum crop --corpus-dir results/corpus --split-dir results/split {params.teacher}"
-        " --languages {params.languages} --tokenizer {input.tokenizer} --settings {params.settings:q}"
-        " --workers {threads} --out-dir results/data > {log} 2>&1"
+        " --languages {params.languages} --tokenizer {input.tokenizer:q} --settings {params.settings:q}"
+        " --workers {threads} --out-dir results/data > {log:q} 2>&1"

@@ -18,16 +18,17 @@ rule evaluate:
     params:
         settings=lambda wildcards: as_json(evaluate_settings(wildcards.lang)),
     shell:
-        "python -m clinsum evaluate --predictions {input.predictions} --corpus {input.corpus}"
+        "python -m clinsum evaluate --predictions {input.predictions:q} --corpus {input.corpus:q}"
         " --model {wildcards.model} --lang {wildcards.lang}"
         " --settings {params.settings:q} --bertscore-model {input.bertscore_model:q}"
-        " --threads {threads} --out {output} > {log} 2>&1"
+        " --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 
 rule report:
     input:
         unpack(report_judge_inputs),
         evals=expand("results/eval/{model}/{lang}.json", model=EVAL_MODELS, lang=LANGS),
+        manifest="results/corpus/manifest.json",
         models=expand("results/models/{variant}", variant=config["train"]["variants"]),
         code=code("report"),
     output:
@@ -90,8 +91,8 @@ rule report:
         out_dir=lambda wildcards, output: str(Path(output.index).parent),
         judge=report_judge_option,
     shell:
-        "python -m clinsum report --eval {input.evals} {params.judge} --train-log {params.train_logs}"
-        " --settings {params.settings:q} --out-dir {params.out_dir} > {log} 2>&1"
+        "python -m clinsum report --eval {input.evals:q} {params.judge} --train-log {params.train_logs}"
+        " --manifest {input.manifest:q} --settings {params.settings:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule submission:
@@ -111,4 +112,4 @@ rule submission:
     params:
         predictions=submission_predictions,
     shell:
-        "python -m clinsum submission --predictions {params.predictions} --out {output} > {log} 2>&1"
+        "python -m clinsum submission --predictions {params.predictions} --out {output:q} > {log:q} 2>&1"

@@ -24,6 +24,6 @@ rule infer:
         instruction=lambda wildcards: summarize_prompt(wildcards.lang),
         role=config["prompts"]["role"],
     shell:
-        "{params.python:q} -m clinsum infer --model-dir {input.model:q} --corpus {input.corpus} --split {input.split}"
+        "{params.python:q} -m clinsum infer --model-dir {input.model:q} --corpus {input.corpus:q} --split {input.split:q}"
         " --lang {wildcards.lang} --settings {params.settings:q} --instruction {params.instruction:q}"
-        " --role {params.role} --threads {threads} --out {output} > {log} 2>&1"
+        " --role {params.role} --threads {threads} --out {output:q} > {log:q} 2>&1"

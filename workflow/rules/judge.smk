@@ -27,6 +27,6 @@ rule judge:
         # a function: the prompts' {report}, {summary} and {error} are not wildcards
         settings=lambda wildcards: as_json(judge_settings()),
     shell:
-        "{params.python:q} -m clinsum judge --predictions {input.predictions} --corpus {input.corpus}"
+        "{params.python:q} -m clinsum judge --predictions {input.predictions:q} --corpus {input.corpus:q}"
         " --model-dir {input.model:q} --model {wildcards.model} --lang {wildcards.lang}"
-        " --settings {params.settings:q} --threads {threads} --out {output} > {log} 2>&1"
+        " --settings {params.settings:q} --threads {threads} --out {output:q} > {log:q} 2>&1"

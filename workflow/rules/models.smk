@@ -16,7 +16,7 @@ rule build_model:
         spec=model_spec,
         source=model_source_option,
     shell:
-        "python -m clinsum models build --spec {params.spec:q} {params.source} --out {output} > {log} 2>&1"
+        "python -m clinsum models build --spec {params.spec:q} {params.source} --out {output:q} > {log:q} 2>&1"
 
 
 rule download_model:
@@ -30,5 +30,7 @@ rule download_model:
         mem_mb=2000,
     params:
         repo_id=hub_repo_id,
+        used_by=hub_model_users,
     shell:
-        "python -m clinsum models download --repo-id {params.repo_id} --out {output} > {log} 2>&1"
+        "python -m clinsum models download --repo-id {params.repo_id:q} --used-by {params.used_by:q}"
+        " --out {output:q} > {log:q} 2>&1"

@@ -28,9 +28,9 @@ rule teacher:
         shard=shard_of_scatteritem,
         topk=teacher_topk_option,
     shell:
-        "{params.python:q} -m clinsum teacher run --corpus {input.corpus} --split {input.split} --model-dir {input.model:q}"
+        "{params.python:q} -m clinsum teacher run --corpus {input.corpus:q} --split {input.split:q} --model-dir {input.model:q}"
         " --settings {params.settings:q} {params.shard} --lang {wildcards.lang}"
-        " --threads {threads} --out {output.records} {params.topk} > {log} 2>&1"
+        " --threads {threads} --out {output.records:q} {params.topk} > {log:q} 2>&1"
 
 
 rule teacher_gather:
@@ -49,8 +49,8 @@ rule teacher_gather:
     params:
         topk=gather_topk_options,
     shell:
-        "python -m clinsum teacher gather --split {input.split} --inputs {input.records}"
-        " --out {output.records} {params.topk} > {log} 2>&1"
+        "python -m clinsum teacher gather --split {input.split:q} --inputs {input.records:q}"
+        " --out {output.records:q} {params.topk} > {log:q} 2>&1"
 
 
 rule teacher_summary:
@@ -66,4 +66,4 @@ rule teacher_summary:
     resources:
         mem_mb=1000,
     shell:
-        "python -m clinsum teacher summary --inputs {input.records} --out {output} > {log} 2>&1"
+        "python -m clinsum teacher summary --inputs {input.records:q} --out {output:q} > {log:q} 2>&1"

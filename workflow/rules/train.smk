@@ -28,6 +28,6 @@ rule train:
         kl=train_kl_options,
         checkpoint_dir="results/checkpoints/{variant}",
     shell:
-        "python -m clinsum train --train {input.train} --valid {input.valid} --model {input.student:q}"
+        "python -m clinsum train --train {input.train:q} --valid {input.valid:q} --model {input.student:q}"
         " --variant {wildcards.variant} --settings {params.settings:q} {params.kl}"
-        " --out {output} --checkpoint-dir {params.checkpoint_dir} --threads {threads} > {log} 2>&1"
+        " --out {output:q} --checkpoint-dir {params.checkpoint_dir:q} --threads {threads} > {log:q} 2>&1"
