@@ -108,7 +108,8 @@ def test_zip_with_doubled_folder_and_stray_nested_zip(tmp_path):
     assert [r["id"] for r in records["es"]] == ["multiclinsum_gs_es_1", "multiclinsum_gs_es_3"]
     assert [r["id"] for r in records["pt"]] == ["multiclinsum_ls_pt_2"]
     assert "!" in records["pt"][0]["source"]  # read from inside the nested zip
-    assert manifest["totals"] == {"read": 3, "written": 3, "skipped": 0, "ignored_files": 1, "macos_metadata": 0}
+    assert manifest["totals"] == {"read": 3, "written": 3, "skipped": 0, "ignored_files": 1, "duplicate_files": 0,
+                                  "macos_metadata": 0}
 
 
 def trap_corpus(tmp_path: Path) -> Path:
@@ -120,7 +121,7 @@ def trap_corpus(tmp_path: Path) -> Path:
     gs_pair(root, "de", 1)  # unknown language
     write(root / "multiclinsum_gs_train_pt" / "summaries" / "multiclinsum_gs_pt_9_sum.txt", "Orphan.")
     gs_pair(root, "es", 1)
-    # the same document again, in a zip beside the folder: a duplicate id
+    # the same document's files again, in a zip beside the folder: one document, listed with its extra files
     zip_folder(root / "multiclinsum_gs_train_es", root / "copy.zip")
     write(root / "broken.zip", b"PK\x03\x04 this is not really a zip")
     return root
@@ -132,7 +133,6 @@ EXPECTED_SKIPS = {
     ("fr", "not UTF-8"),
     ("unknown", "unknown language 'de'"),
     ("pt", "summary without its report"),
-    ("es", "duplicate id multiclinsum_gs_es_1"),
     ("unknown", "unreadable zip"),
 }
 
@@ -153,6 +153,12 @@ def test_every_bad_input_is_skipped_counted_and_explained(tmp_path):
         "skipped_by_reason": {"empty report": 1, "report without its summary": 1},
     }
     assert manifest["totals"]["read"] == manifest["totals"]["written"] + manifest["totals"]["skipped"]
+    # the Spanish document counts once, read from copy.zip (listed first), its folder's two files listed under it
+    assert manifest["languages"]["es"] == {"read": 1, "written": 1, "skipped": 0, "skipped_by_reason": {}}
+    [duplicate] = manifest["duplicate_files"]
+    assert duplicate["id"] == "multiclinsum_gs_es_1" and len(duplicate["read"]) == len(duplicate["not_read"]) == 2
+    assert all("copy.zip!" in path for path in duplicate["read"])
+    assert not any("copy.zip" in path for path in duplicate["not_read"]) and manifest["totals"]["duplicate_files"] == 2
     on_disk = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert on_disk["languages"] == manifest["languages"]
 
@@ -273,7 +279,9 @@ def test_file_whose_language_differs_from_its_folder_is_a_counted_skip(tmp_path)
     manifest, records = run([folder(corpus, "")], tmp_path)
     assert records["en"] == []
     assert [r["id"] for r in records["es"]] == ["multiclinsum_gs_es_1"]
-    assert manifest["languages"]["en"]["skipped_by_reason"] == {"language differs from its folder": 2}
+    # one document (its report and its summary), counted once, both files named
+    assert manifest["languages"]["en"]["skipped_by_reason"] == {"language differs from its folder": 1}
+    assert manifest["languages"]["en"]["read"] == 1 and "multiclinsum_gs_en_5_sum.txt" in manifest["skipped"][0]["path"]
     reasons = [s["reason"] for s in manifest["skipped"]]
     assert reasons[0] == "language differs from its folder ('en' in its name, 'es' in multiclinsum_gs_train_es)"
 
@@ -297,7 +305,7 @@ def test_language_of_a_zipped_set_comes_from_the_zip_name(tmp_path):
     manifest, records = run([folder(corpus, "")], tmp_path)
     assert [r["id"] for r in records["pt"]] == ["multiclinsum_gs_pt_1"]
     assert records["es"] == []
-    assert manifest["languages"]["es"]["skipped_by_reason"] == {"language differs from its folder": 2}
+    assert manifest["languages"]["es"]["skipped_by_reason"] == {"language differs from its folder": 1}
 
 
 def test_extensions_match_case_insensitively(tmp_path):

@@ -526,6 +526,8 @@ def test_rules_run_report_and_rerun_only_what_a_setting_touches(tmp_path):
     reports = [{"id": f"multiclinsum_gs_es_{i}", "lang": "es", "text": "Varón con fiebre y tos; amoxicilina 500 mg."}
                for i in range(4)]
     write_jsonl(tmp_path / "results" / "corpus" / "es.jsonl", reports)
+    counts = {"read": 6, "written": 6, "skipped": 0, "skipped_by_reason": {}}
+    write_json(tmp_path / "results" / "corpus" / "manifest.json", {"languages": {"es": counts}, "warnings": []})
     write_train_log(tmp_path / "results" / "models" / "standard" / "train_log.csv")
 
     snakemake(tmp_path, "--cores", "2")

@@ -17,6 +17,7 @@ import json
 import logging
 import operator
 import os
+import shutil
 import sqlite3
 import tempfile
 from collections import Counter, defaultdict
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .io import ClinsumError, atomic_path, write_json
+from .io import ClinsumError, atomic_path, exclusive_lock, write_json
 from .sources import (
     ZIP_ERRORS,
     Archives,
@@ -62,6 +63,8 @@ class Manifest:
     written: Counter = field(default_factory=Counter)
     skipped: list[dict] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    duplicate_files: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     walk: WalkNotes = field(default_factory=WalkNotes)
 
     def count_read(self, lang: str | None) -> str | None:
@@ -76,6 +79,19 @@ class Manifest:
             raise ClinsumError(f"{where}: {reason}")
         log.warning("skipped %s: %s", where, reason)
         self.skipped.append({"lang": lang, "path": str(where), "reason": reason})
+
+    def duplicate(self, lang: str, doc_id: str, read: list, repeats: list) -> None:
+        """Files that repeat a document's report or summary within one source (one document, several files):
+        the first of each is read, the others listed under the document, which counts once; `error` mode stops."""
+        read = [str(location) for location in read if location is not None]
+        if self.on_bad_input == "error":
+            raise ClinsumError(f"{repeats[0]}: a second file for document {doc_id} (read: {', '.join(read)})")
+        log.warning("document %s: %d more file(s) for it, not read: %s", doc_id, len(repeats), ", ".join(map(str, repeats)))
+        self.duplicate_files.append({"id": doc_id, "lang": lang, "read": read, "not_read": [str(r) for r in repeats]})
+
+    def warn(self, message: str) -> None:
+        log.warning("%s", message)
+        self.warnings.append(message)
 
     def to_dict(self) -> dict:
         per_lang = {}
@@ -97,9 +113,12 @@ class Manifest:
                 "written": sum(v["written"] for v in per_lang.values()),
                 "skipped": len(self.skipped),
                 "ignored_files": len(self.ignored),
+                "duplicate_files": sum(len(d["not_read"]) for d in self.duplicate_files),
                 "macos_metadata": self.walk.macos_metadata,
             },
+            "warnings": self.warnings,
             "skipped": self.skipped,
+            "duplicate_files": self.duplicate_files,
             "ignored_files": self.ignored,
             "folders_reached_twice": self.walk.folders_reached_twice,
         }
@@ -253,7 +272,9 @@ class DocumentIndex:
 
 
 def index_documents(root: Path, layout: Layout, manifest: Manifest, archives: Archives, index: DocumentIndex) -> None:
-    """List the files of a source and index the documents among them, from names alone."""
+    """List the files of a source and index the documents among them, from names alone. Files in a folder of
+    another language are skipped one document at a time (its report and summary together)."""
+    misplaced: dict[tuple, list] = {}
     for relative, location in list_files(root, manifest, archives):
         match = layout.match(relative)
         if match is None:
@@ -261,13 +282,15 @@ def index_documents(root: Path, layout: Layout, manifest: Manifest, archives: Ar
             continue
         folder = layout.folder_language(relative)
         if folder and folder[1] != match.lang:
-            manifest.skip(
-                manifest.count_read(match.lang),
-                location,
-                f"language differs from its folder ({match.lang!r} in its name, {folder[1]!r} in {folder[0]})",
-            )
+            misplaced.setdefault((match.set, match.lang, match.number, folder), []).append(location)
             continue
         index.add(match, match.set in layout.unpaired_sets, location)
+    for (_, lang, _, (folder, folder_lang)), files in misplaced.items():
+        manifest.skip(
+            manifest.count_read(lang),
+            files[0] if len(files) == 1 else f"{files[0]} (and {', '.join(map(str, files[1:]))})",
+            f"language differs from its folder ({lang!r} in its name, {folder_lang!r} in {folder})",
+        )
 
 
 def read_layout(root: Path, manifest: Manifest, layout: Layout, index: DocumentIndex) -> Iterator[dict]:
@@ -275,9 +298,8 @@ def read_layout(root: Path, manifest: Manifest, layout: Layout, index: DocumentI
         index_documents(root, layout, manifest, archives, index)
         for doc, repeated in index.documents():
             doc_id = layout.document_id(doc.set, doc.lang, doc.number, (doc.report or doc.summary).name)
-            for slot, location in repeated:
-                first = getattr(doc, slot)
-                manifest.skip(manifest.count_read(doc.lang), location, f"duplicate id {doc_id} (first seen in {first})")
+            if repeated:
+                manifest.duplicate(doc.lang, doc_id, [doc.report, doc.summary], [location for _, location in repeated])
             record = _read_document(doc, doc_id, layout, manifest, archives)
             if record is not None:
                 yield record
@@ -339,6 +361,9 @@ def read_jsonl_source(path: Path, manifest: Manifest) -> Iterator[dict]:
                     yield record
 
 
+_JSON_KINDS = {bool: "boolean", int: "number", float: "number", list: "array", dict: "object"}
+
+
 def _jsonl_record(raw: bytes, where: str, manifest: Manifest) -> dict | None:
     try:
         record = json.loads(raw.decode("utf-8-sig"))
@@ -358,13 +383,17 @@ def _jsonl_record(raw: bytes, where: str, manifest: Manifest) -> dict | None:
     if bucket is None:
         manifest.skip(None, where, f"unknown language {lang!r}")
         return None
-    text = _normalize(record.get("text") or "")
-    summary = record.get("summary")
+    text, summary = record.get("text"), record.get("summary")
+    for key, value in (("text", text), ("summary", summary)):
+        if value is not None and not isinstance(value, str):
+            manifest.skip(lang, where, f"`{key}` is not a string but a JSON {_JSON_KINDS.get(type(value), 'value')}")
+            return None
+    text = _normalize(text or "")
     if not text:
         manifest.skip(lang, where, "empty report")
         return None
     if summary is not None:
-        summary = _normalize(str(summary))
+        summary = _normalize(summary)
         if not summary:
             manifest.skip(lang, where, "empty summary")
             return None
@@ -393,32 +422,80 @@ def ingest(
 ) -> dict:
     """Write `{out_dir}/{lang}.jsonl` for every configured language and `{out_dir}/manifest.json`.
 
-    `layouts`: the `corpus.layouts` of config (None: the presets of the schema).
+    `layouts`: the `corpus.layouts` of config (None: the presets of the schema). A source that contributes no
+    document stops ingest in `error` mode (in `skip` mode it is a warning, in the log and the manifest). The
+    stage (`clinsum ingest`) also stops when a configured language gets no document (`check_every_language`).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    layout_objects = layouts_from_config(preset_layouts() if layouts is None else layouts)
-    manifest = Manifest(languages=list(languages), on_bad_input=on_bad_input)
-    with tempfile.TemporaryDirectory(prefix=".ingest-", dir=out_dir) as scratch, _Writers(out_dir, languages) as writers:
-        index = DocumentIndex(Path(scratch))
-        try:
-            for source in sources:
-                for record in read_source(source, manifest, layout_objects, index):
-                    lang = record["lang"]
-                    first = index.first_seen(record["id"], record["source"])
-                    if first is not None:
-                        manifest.skip(lang, record["source"], f"duplicate id {record['id']} (first seen in {first})")
-                        continue
-                    writers.write(lang, record)
-                    manifest.written[lang] += 1
-        finally:
-            index.close()
-    result = manifest.to_dict()
-    result["sources"] = sources
-    write_json(out_dir / "manifest.json", result)
+    with exclusive_lock(out_dir / ".ingest.lock", f"the corpus in {out_dir}"):
+        for stale in out_dir.glob(".ingest-*"):  # the scratch of a killed run
+            shutil.rmtree(stale, ignore_errors=True)
+        layout_objects = layouts_from_config(preset_layouts() if layouts is None else layouts)
+        manifest = Manifest(languages=list(languages), on_bad_input=on_bad_input)
+        contributions: list[dict] = []
+        with tempfile.TemporaryDirectory(prefix=".ingest-", dir=out_dir) as scratch, _Writers(out_dir, languages) as writers:
+            index = DocumentIndex(Path(scratch))
+            try:
+                for source in sources:
+                    contributions.append(_ingest_source(source, manifest, layout_objects, index, writers))
+            finally:
+                index.close()
+            result = {**manifest.to_dict(), "sources": contributions}
+        write_json(out_dir / "manifest.json", result)
     for lang, counts in result["languages"].items():
         log.info("%s: read %d, written %d, skipped %d", lang, counts["read"], counts["written"], counts["skipped"])
     return result
+
+
+def _ingest_source(source: dict, manifest: Manifest, layouts: dict[str, Layout], index: DocumentIndex, writers) -> dict:
+    """Read one source into the writers; return the source with what it contributed. A source that gives no
+    document stops ingest in `error` mode, and is a warning in `skip` mode."""
+    before = (sum(manifest.written.values()), len(manifest.skipped), len(manifest.ignored), sum(manifest.read.values()))
+    written: Counter = Counter()
+    for record in read_source(source, manifest, layouts, index):
+        lang = record["lang"]
+        first = index.first_seen(record["id"], record["source"])
+        if first is not None:
+            manifest.skip(lang, record["source"], f"duplicate id {record['id']} (first seen in {first})")
+            continue
+        writers.write(lang, record)
+        manifest.written[lang] += 1
+        written[lang] += 1
+    read = sum(manifest.read.values()) - before[3]
+    skipped, ignored = len(manifest.skipped) - before[1], len(manifest.ignored) - before[2]
+    contribution = {**source, "written": dict(sorted(written.items())), "read": read, "skipped": skipped,
+                    "ignored_files": ignored}
+    if not written:
+        message = (f"corpus source {source['path']} (layout {source['layout']}) contributed no document: {read} read, "
+                   f"{skipped} skipped, {ignored} files matching no file pattern of the layout")
+        if manifest.on_bad_input == "error":
+            raise ClinsumError(message + " (corpus.on_bad_input: error)")
+        manifest.warn(message)
+    return contribution
+
+
+def check_every_language(result: dict, out_dir: Path) -> None:
+    """A configured language without documents stops the run at ingest, before anything trains on or scores
+    nothing: its outputs are removed and the manifest is kept as `manifest.failed.json`, and the error names
+    the language, what was read and skipped for it, and the sources."""
+    empty = [lang for lang in result["languages"] if lang != "unknown" and not result["languages"][lang]["written"]]
+    if not empty:
+        (out_dir / "manifest.failed.json").unlink(missing_ok=True)
+        return
+    os.replace(out_dir / "manifest.json", out_dir / "manifest.failed.json")
+    for lang in result["languages"]:
+        (out_dir / f"{lang}.jsonl").unlink(missing_ok=True)
+    details = []
+    for lang in empty:
+        counts = result["languages"][lang]
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in counts["skipped_by_reason"].items()) or "none"
+        details.append(f"{lang} (read {counts['read']}, skipped {counts['skipped']}; skipped by reason: {reasons})")
+    sources = "; ".join(f"{s['path']} ({s['layout']}: wrote {sum(s['written'].values())})" for s in result["sources"])
+    raise ClinsumError(
+        f"no document for the configured language(s) {'; '.join(details)}; sources: {sources}. Check corpus.sources "
+        f"and languages in the config (manifest: {out_dir / 'manifest.failed.json'})"
+    )
 
 
 class _Writers:
@@ -441,7 +518,8 @@ class _Writers:
 
 
 def _run(args) -> None:
-    ingest(json.loads(args.sources), args.languages, args.out_dir, args.on_bad_input, json.loads(args.layouts or "null"))
+    result = ingest(json.loads(args.sources), args.languages, args.out_dir, args.on_bad_input, json.loads(args.layouts or "null"))
+    check_every_language(result, Path(args.out_dir))
 
 
 def add_cli(subparsers) -> None:

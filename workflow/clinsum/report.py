@@ -136,6 +136,25 @@ def bertscore_label(data: dict) -> str:
 # ---------------------------------------------------------------- Table 4
 
 
+def corpus_notes(manifest: dict | None) -> list[str]:
+    """What ingest warned about and skipped (results/corpus/manifest.json), for the report's header: a run that
+    lost documents says so where its scores are read."""
+    if not manifest:
+        return []
+    notes = [f"Corpus warning: {warning}" for warning in manifest.get("warnings", [])]
+    skipped = [
+        f"{lang} {counts['skipped']} of {counts['read']} ("
+        + ", ".join(f"{reason} {n}" for reason, n in counts["skipped_by_reason"].items()) + ")"
+        for lang, counts in manifest.get("languages", {}).items() if counts["skipped"]
+    ]
+    if skipped:
+        notes.append("Documents skipped at ingest: " + "; ".join(skipped) + " (results/corpus/manifest.json).")
+    duplicates = manifest.get("totals", {}).get("duplicate_files", 0)
+    if duplicates:
+        notes.append(f"{duplicates} duplicate file(s) of documents read elsewhere, not read (results/corpus/manifest.json).")
+    return notes
+
+
 def table4_rows(evals: dict, models: list[str], languages: list[str]) -> list[dict]:
     """One row per (language, model), values x100 (None where a language has no scored document)."""
     rows = []
@@ -626,7 +645,7 @@ def index_html(page: dict, samples: int, seed: int, bar_paths: dict[str, Path], 
 <html lang="en"><head><meta charset="utf-8"><title>clinsum evaluation report</title>
 <style>{CSS}</style></head><body>
 <h1>clinsum evaluation report</h1>
-<p class="note">{html.escape(page["fidelity"])}</p>
+{"".join(f'<p class="note">{html.escape(line)}</p>' for line in page["header"])}
 <h2>Table 4: test split, per language and model (protocol {html.escape(page["protocol"])})</h2>
 <p class="note">{html.escape(page["protocol_note"])}</p>
 {table4_html(page["rows"])}
@@ -661,16 +680,19 @@ def build_report(
     seed: int = 42,
     judge_paths: list[str | Path] = (),
     fidelity: str = "",
+    manifest: dict | None = None,
 ) -> dict:
     """Every report file in `out_dir`; `fidelity` is the header's sentence on the paper fidelity mode
-    (clinsum.fidelity.mode)."""
+    (clinsum.fidelity.mode), `manifest` ingest's, whose warnings and skips the header repeats."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     evals = load_evals(eval_paths)
     merge_judgements(evals, list(judge_paths))
     rows = table4_rows(evals, models, languages)
+    header = [line for line in [fidelity, *corpus_notes(manifest)] if line]
     page = {
         "fidelity": fidelity,
+        "header": header,
         "rows": rows,
         "protocol": protocol_name(evals),
         "protocol_note": protocol_note(evals),
@@ -681,7 +703,7 @@ def build_report(
     }
     with atomic_path(out_dir / "table4.md") as handle:
         handle.write(
-            (f"{fidelity}\n\n" if fidelity else "")
+            "".join(f"{line}\n\n" for line in header)
             + table4_markdown(rows, page["protocol_note"] + " " + page["note"], page["protocol"])
             + "\n## Documents\n\n" + counts_markdown(rows)
         )
@@ -777,7 +799,7 @@ def _run_report(args) -> None:
     models = ["base", *settings["train"]["variants"]]
     build_report(
         args.eval, logs, models, settings["languages"], args.out_dir, bootstrap["samples"], bootstrap["seed"], args.judge,
-        fidelity=fidelity_mode(settings),
+        fidelity=fidelity_mode(settings), manifest=read_json(args.manifest) if args.manifest else None,
     )
 
 
@@ -796,6 +818,7 @@ def add_cli(subparsers) -> None:
         "--judge", nargs="*", default=[], help="results/judge/{model}/{lang}.json files, when the judge ran"
     )
     parser.add_argument("--train-log", nargs="*", default=[], help="VARIANT=results/models/{variant}/train_log.csv")
+    parser.add_argument("--manifest", help="results/corpus/manifest.json: its warnings and skips head the report")
     parser.add_argument(
         "--settings",
         required=True,

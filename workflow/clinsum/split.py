@@ -128,6 +128,14 @@ def split_language(corpus_path: str | Path, out_path: str | Path, lang: str, fra
         result = split_documents(documents, fractions, seed)
     else:
         raise ClinsumError(f"split.method must be hash or paper_code, got {method!r}")
+    if not result["train"] or not result["test"]:
+        paired = sum(has_reference for _, has_reference in documents)
+        raise ClinsumError(
+            f"{corpus_path}: language {lang} has {len(documents)} documents ({paired} with a reference summary): "
+            f"too few for a non-empty train and test split ({', '.join(f'{n} {len(result[n])}' for n in SPLITS)}); "
+            "results/corpus/manifest.json lists its sources and what was skipped. Add documents or remove the "
+            "language from `languages`"
+        )
     write_split(out_path, lang, seed, fractions, result)
     log.info("%s: %s", lang, ", ".join(f"{name} {len(result[name])}" for name in SPLITS))
     return result
