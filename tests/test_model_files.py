@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
+import struct
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -13,10 +16,24 @@ TOKENIZER = "a tokenizer (tokenizer.json, tokenizer.model, vocab.json + merges.t
 TEMPLATE = "a chat template (chat_template.jinja, chat_template.json or chat_template in tokenizer_config.json)"
 
 
+def weight_bytes(name: str) -> bytes:
+    """A whole (tiny) weight file: a safetensors file with one tensor, or a torch checkpoint's zip."""
+    if name.endswith(".safetensors"):
+        header = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+        return struct.pack("<Q", len(header)) + header + b"\0" * 8
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+    return buffer.getvalue()
+
+
 def model_dir(root: Path, *files: str, tokenizer_config: dict | None = None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for name in files:
-        (root / name).write_text("{}")
+        if name.endswith((".safetensors", ".bin")):
+            (root / name).write_bytes(weight_bytes(name))
+        else:
+            (root / name).write_text("{}")
     if tokenizer_config is not None:
         (root / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     return root
@@ -52,6 +69,18 @@ def test_sharded_weights_are_checked_against_their_index(tmp_path):
     (directory / "model.safetensors.index.json").write_text(json.dumps(index))
     assert missing_model_files(directory, "generate") == [
         "model-00002-of-00002.safetensors (listed in model.safetensors.index.json)"
+    ]
+
+
+def test_weights_cut_short_are_named(tmp_path):
+    directory = model_dir(tmp_path / "m", "config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json",
+                          "chat_template.jinja")
+    whole = (directory / "model.safetensors").read_bytes()
+    (directory / "model.safetensors").write_bytes(whole[:-3])
+    (directory / "pytorch_model.bin").write_bytes((directory / "pytorch_model.bin").read_bytes()[:40])
+    assert missing_model_files(directory, "generate") == [
+        f"a whole model.safetensors (cut short: {len(whole) - 3:,} of its {len(whole):,} bytes)",
+        "a whole pytorch_model.bin (40 bytes, not a whole torch checkpoint (its zip directory is missing: cut short?))",
     ]
 
 

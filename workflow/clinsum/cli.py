@@ -9,6 +9,7 @@ functions, so `--help` stays fast.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -63,7 +64,32 @@ def main(argv: list[str] | None = None) -> int:
     except ClinsumError as error:
         print(f"clinsum {args.command}: error: {error}", file=sys.stderr)
         return 1
+    except OSError as error:
+        if error.errno is None:
+            raise  # not about a file (a library's own error): its traceback is its message
+        logging.getLogger(__name__).debug("the system error's traceback", exc_info=True)
+        print(f"clinsum {args.command}: error: {os_error_sentence(error)}", file=sys.stderr)
+        return 1
     return 0
+
+
+# what to do about the system errors a stage meets on its files
+OS_ERROR_HINTS = {
+    errno.ENOSPC: "the disk is full: free space (or point results/ elsewhere) and run again; finished jobs and the partial files of resumable ones are kept",
+    errno.EDQUOT: "the disk quota is used up: free space and run again; finished jobs and the partial files of resumable ones are kept",
+    errno.EROFS: "the file system is read-only: run where results/ can be written",
+    errno.EACCES: "no permission: check who owns it and its mode",
+    errno.EPERM: "not permitted: check who owns it and its mode",
+    errno.ENOENT: "it does not exist",
+    errno.EIO: "an input/output error of the disk or network file system",
+}
+
+
+def os_error_sentence(error: OSError) -> str:
+    """A system error as a sentence: the file, what happened, and what to do."""
+    where = " -> ".join(str(name) for name in (error.filename, error.filename2) if name is not None) or "a file"
+    hint = OS_ERROR_HINTS.get(error.errno, "")
+    return f"{where}: {error.strerror or error}" + (f" ({hint})" if hint else "")
 
 
 if __name__ == "__main__":

@@ -214,6 +214,10 @@ def evaluate_file(
 
 def _run(args) -> None:
     settings = parse_settings(args.settings)["evaluate"]
+    if Path(args.bertscore_model).is_dir():
+        from .model_files import check_weights
+
+        check_weights(args.bertscore_model)
     if args.threads:
         import torch
 

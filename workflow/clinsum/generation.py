@@ -127,8 +127,9 @@ class TransformersGenerator(Generator):
         import torch
         from transformers import AutoModelForCausalLM
 
-        from .model_files import load_tokenizer
+        from .model_files import check_weights, load_tokenizer
 
+        check_weights(model_dir)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         torch_dtype = getattr(torch, resolve_dtype(dtype, cuda=str(device).startswith("cuda")))
         tokenizer = load_tokenizer(model_dir)
@@ -327,6 +328,9 @@ class VllmGenerator(Generator):
         max_logprobs: int = 20,
         enforce_eager: bool = False,
     ):
+        from .model_files import check_weights
+
+        check_weights(model_dir)
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kvcache_space_gb))
         release_thread_limits()
         try:

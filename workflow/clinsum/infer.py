@@ -29,7 +29,7 @@ from typing import Callable, Iterable
 
 from .chat import ROLES, encode_cropped_prompt
 from .degeneration import degenerate_reason
-from .io import ClinsumError, JsonlAppender, fingerprint, read_json, write_jsonl
+from .io import ClinsumError, JsonlAppender, exclusive_lock, fingerprint, read_json, write_jsonl
 from .records import Document, load_documents, read_split
 from .settings import parse_settings
 
@@ -144,6 +144,13 @@ def predict(documents: list[Document], tokenizer, make_generator: Callable[[str]
         VLLM_CHUNK if settings["backend"] == "vllm" else TRANSFORMERS_CHUNK_BATCHES * settings["batch_size"]
     )
     out_path = Path(out_path)
+    lock = out_path.with_name(out_path.name + ".partial.lock")
+    # one writer per output: a second job (an orphan of a killed Snakemake beside its rerun) stops at once
+    with exclusive_lock(lock, f"the partial predictions {out_path.name}.partial"):
+        return _predict(documents, tokenizer, make_generator, settings, instruction, role, lang, out_path, key, chunk_size)
+
+
+def _predict(documents, tokenizer, make_generator, settings, instruction, role, lang, out_path: Path, key, chunk_size):
     summarizer = Summarizer(tokenizer, settings, instruction, role, lang, out_path, key)
     if summarizer.done:
         log.info("resuming: %d of %d documents already generated", len(summarizer.done), len(documents))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import socket
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -47,20 +50,49 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
                 raise ClinsumError(f"{path}:{number}: invalid JSON ({error.msg})") from None
 
 
+def remove_stale_temporaries(path: str | os.PathLike) -> int:
+    """Remove the temporary files a killed writer of `path` left beside it (`.{name}.*.tmp`, atomic_path's);
+    return how many. Only one job writes an output at a time (Snakemake's own lock), so any such file is stale."""
+    path = Path(path)
+    removed = 0
+    if path.parent.is_dir():
+        for stale in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+            stale.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    """A file name as a glob pattern matching only itself."""
+    return "".join(f"[{char}]" if char in "*?[" else char for char in name)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, mode: str = "w"):
-    """Open a temporary file beside `path` and move it into place only on success."""
+    """Open a temporary file beside `path` and move it into place only on success; a temporary file an earlier,
+    killed writer of `path` left is removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
             yield handle
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get the usual mode
         os.replace(tmp, path)
+    except OSError as error:
+        os.unlink(tmp)
+        raise named(error, path) from None
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def named(error: OSError, path) -> OSError:
+    """A system error that names the file it is about (a failed write names none: a full disk, say)."""
+    if error.filename is not None or error.errno is None:
+        return error
+    return type(error)(error.errno, error.strerror, str(path))
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
@@ -82,6 +114,38 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+@contextmanager
+def exclusive_lock(path: str | os.PathLike, what: str):
+    """Hold an exclusive lock on `path` (a lock file: created, and removed on release) for the whole block; a
+    second process that asks for it stops at once, naming the file and the process that holds it. `what` says
+    what the lock guards, for the message (e.g. "the partial file results/teacher/en/1-of-2.partial.jsonl").
+
+    An advisory flock: it guards against a second clinsum job (an orphan of a killed Snakemake, a rerun beside
+    it), which all take it; it is released when the holder exits, however it exits."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "an unknown process"
+        handle.close()
+        raise ClinsumError(
+            f"{what} is being written by another process ({holder}, lock {path}): wait for it to end or stop it, "
+            "then run again"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    handle.flush()
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        handle.close()
 
 
 class JsonlAppender:
@@ -115,9 +179,12 @@ class JsonlAppender:
                 handle.truncate(good_bytes)
 
     def write(self, record: dict) -> None:
-        self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        try:
+            self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+        except OSError as error:
+            raise named(error, self.path) from None
 
     def close(self) -> None:
         self._handle.close()

@@ -10,7 +10,11 @@ files that would provide it, so a bad directory stops the run at start instead o
 from __future__ import annotations
 
 import json
+import struct
+import zipfile
 from pathlib import Path
+
+from .io import ClinsumError
 
 PURPOSES = ("generate", "encode")
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -23,17 +27,62 @@ AUTO_ONLY = {"use_fast", "tokenizer_type", "trust_remote_code", "gguf_file", "co
 
 
 def _has_weights(directory: Path) -> list[str]:
-    """What is missing of the weights: nothing, every weight file, or the shards an index lists."""
+    """What is missing of the weights: nothing, every weight file, the shards an index lists, or whole copies
+    of weight files that are cut short."""
     for index in WEIGHT_INDEXES:
         if (directory / index).exists():
             try:
                 shards = sorted(set(json.loads((directory / index).read_text(encoding="utf-8"))["weight_map"].values()))
             except (ValueError, KeyError, AttributeError):
                 return [f"{index} (unreadable: no weight_map)"]
-            return [f"{shard} (listed in {index})" for shard in shards if not (directory / shard).exists()]
+            missing = [f"{shard} (listed in {index})" for shard in shards if not (directory / shard).exists()]
+            return missing or broken_weight_files(directory)
     if any(directory.glob("*.safetensors")) or any(directory.glob("*.bin")):
-        return []
+        return broken_weight_files(directory)
     return ["weights (*.safetensors or *.bin)"]
+
+
+def _weight_file_problem(path: Path) -> str | None:
+    """Why a weight file cannot be whole (cut short, not a safetensors or torch file), or None. Reads only its
+    header: a safetensors file's JSON header gives where its last tensor ends; a torch .bin is a zip, whose
+    directory sits at its very end."""
+    size = path.stat().st_size
+    if path.suffix == ".safetensors":
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                return f"{size} bytes, not a safetensors file"
+            header_size = struct.unpack("<Q", head)[0]
+            try:
+                header = json.loads(handle.read(header_size)) if header_size <= size else None
+            except ValueError:
+                header = None
+        if not isinstance(header, dict):
+            return "an unreadable safetensors header"
+        ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
+        expected = 8 + header_size + max(ends, default=0)
+        return None if size >= expected else f"cut short: {size:,} of its {expected:,} bytes"
+    if not zipfile.is_zipfile(path):
+        return f"{size:,} bytes, not a whole torch checkpoint (its zip directory is missing: cut short?)"
+    return None
+
+
+def broken_weight_files(directory: str | Path) -> list[str]:
+    """The weight files of a directory that cannot be whole, each with why (a download or copy that stopped)."""
+    directory = Path(directory)
+    found = []
+    for path in sorted([*directory.glob("*.safetensors"), *directory.glob("*.bin")]):
+        problem = _weight_file_problem(path)
+        if problem:
+            found.append(f"a whole {path.name} ({problem})")
+    return found
+
+
+def check_weights(directory: str | Path) -> None:
+    """Stop, naming the file, before a stage loads weights that are cut short (a traceback deep in a job else)."""
+    broken = broken_weight_files(directory)
+    if broken:
+        raise ClinsumError(f"{directory}: the model directory lacks {'; '.join(broken)}: copy or download it again")
 
 
 def _has_tokenizer(directory: Path) -> bool:

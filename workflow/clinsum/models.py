@@ -57,6 +57,18 @@ def package_path(package: str, relative: str) -> Path:
     return path
 
 
+def model_references(config: dict) -> dict[str, str]:
+    """Every model reference of a configuration, by config key (teacher.model, evaluate.bertscore.model.en, ...)."""
+    found = {f"{section}.model": config[section]["model"] for section in ("teacher", "student", "judge")
+             if section in config and isinstance(config[section].get("model"), str)}
+    encoder = config["evaluate"]["bertscore"].get("model") if "evaluate" in config else None
+    if isinstance(encoder, str):
+        found["evaluate.bertscore.model"] = encoder
+    elif isinstance(encoder, dict):
+        found.update({f"evaluate.bertscore.model.{lang}": ref for lang, ref in encoder.items()})
+    return found
+
+
 def model_path(ref: str, named: dict) -> str:
     """The local directory of a model reference: built, shipped in a package, downloaded, or as it is."""
     kind = model_kind(ref, named)
@@ -373,11 +385,33 @@ def download_patterns(repo_files: list[str]) -> list[str]:
     return MODEL_FILES + weights
 
 
-def download_model(repo_id: str, out_dir: str | Path, revision: str | None = None) -> None:
-    from huggingface_hub import list_repo_files, snapshot_download
+def download_model(repo_id: str, out_dir: str | Path, revision: str | None = None, used_by: str = "") -> None:
+    """Download a hub repository's weights, configs and tokenizer into `out_dir`. A name the hub does not know,
+    a gated repository, no network or offline mode stop with a sentence naming the name and the config keys
+    that use it (`used_by`), not the hub library's traceback."""
+    from huggingface_hub import errors, list_repo_files, snapshot_download
 
-    patterns = download_patterns(list_repo_files(repo_id, revision=revision))
-    snapshot_download(repo_id, revision=revision, local_dir=str(out_dir), allow_patterns=patterns)
+    where = f" ({used_by} in the config)" if used_by else ""
+    local = "or give the model as a local directory"
+    try:
+        patterns = download_patterns(list_repo_files(repo_id, revision=revision))
+        snapshot_download(repo_id, revision=revision, local_dir=str(out_dir), allow_patterns=patterns)
+    except errors.GatedRepoError:
+        raise ClinsumError(f"{repo_id}{where}: a gated model: accept its licence on the model hub and set HF_TOKEN, {local}") from None
+    except errors.RepositoryNotFoundError:
+        raise ClinsumError(
+            f"{repo_id}{where}: no such model on the model hub (or it is private and no HF_TOKEN is set): check its "
+            f"spelling, {local}"
+        ) from None
+    except errors.RevisionNotFoundError:
+        raise ClinsumError(f"{repo_id}{where}: no revision {revision!r} on the model hub") from None
+    except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled) as error:
+        raise ClinsumError(
+            f"{repo_id}{where}: cannot be downloaded here ({error.__class__.__name__}: HF_HUB_OFFLINE is set, or no "
+            f"network): download it where the hub is reachable into resources/models/hub/{hub_dirname(repo_id)}, {local}"
+        ) from None
+    except (errors.HfHubHTTPError, ConnectionError) as error:
+        raise ClinsumError(f"{repo_id}{where}: the model hub did not answer ({str(error).splitlines()[0]}); {local}") from None
 
 
 def _build(args) -> None:
@@ -387,7 +421,7 @@ def _build(args) -> None:
 
 
 def _download(args) -> None:
-    download_model(args.repo_id, args.out, args.revision)
+    download_model(args.repo_id, args.out, args.revision, args.used_by)
 
 
 def add_cli(subparsers) -> None:
@@ -401,5 +435,6 @@ def add_cli(subparsers) -> None:
     download = actions.add_parser("download", help="download a model hub snapshot")
     download.add_argument("--repo-id", required=True)
     download.add_argument("--revision")
+    download.add_argument("--used-by", default="", help="the config keys that name this model, for error messages")
     download.add_argument("--out", required=True)
     download.set_defaults(func=_download)

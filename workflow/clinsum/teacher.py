@@ -26,7 +26,18 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .io import ClinsumError, JsonlAppender, JsonlIndex, atomic_path, fingerprint, read_json, read_jsonl, write_json, write_jsonl
+from .io import (
+    ClinsumError,
+    JsonlAppender,
+    JsonlIndex,
+    atomic_path,
+    exclusive_lock,
+    fingerprint,
+    read_json,
+    read_jsonl,
+    write_json,
+    write_jsonl,
+)
 from .records import load_documents, read_split, some
 from .settings import parse_settings
 from .topk import TopkPartialStore, gather_topk, write_shard_topk
@@ -204,15 +215,48 @@ def run_shard(
     lang = lang or read_json(split).get("lang")
 
     paths = partial_paths(out)
-    _discard_stale_partial(paths, output_fingerprint(settings, model_dir))
-    write_json(paths["settings"], {"fingerprint": output_fingerprint(settings, model_dir), **shard})
+    # one writer per shard: a second job (an orphan of a killed Snakemake beside its rerun) stops at once
+    with exclusive_lock(paths["records"].with_name(paths["records"].name + ".lock"), f"the teacher's partial file {paths['records']}"):
+        _discard_stale_partial(paths, output_fingerprint(settings, model_dir))
+        write_json(paths["settings"], {"fingerprint": output_fingerprint(settings, model_dir), **shard})
+        appender = _resumed_appender(paths, documents, k)
+        return _run_shard(paths, appender, ids, documents, model_dir, settings, lang, shard, out, topk_out, generator)
+
+
+def _resumed_appender(paths: dict[str, Path], documents: dict, k: int) -> JsonlAppender:
+    """The partial file opened for appending, holding one record per id of this shard. Records an earlier
+    accident repeated (two writers before the lock existed) or that belong to no id of the shard are dropped,
+    counted in the log: a repeated id's records are the same greedy output, so the first is kept. With top-k
+    rows, which two writers may have interleaved, only the records before the first such one are kept."""
     appender = JsonlAppender(paths["records"])
-    kept = [r for r in appender.existing if r.get("id") in documents]
-    if len(kept) != len(appender.existing) or len({r["id"] for r in kept}) != len(kept):
-        # a partial file is this shard's own; foreign or repeated ids mean it was tampered with
+    kept, seen = [], set()
+    for record in appender.existing:
+        doc_id = record.get("id")
+        if doc_id in seen or doc_id not in documents:
+            if k > 0:
+                break  # the top-k rows past here cannot be matched to their records
+            continue
+        seen.add(doc_id)
+        kept.append(record)
+    if len(kept) != len(appender.existing):
+        log.warning("%s: %d records, of which %d repeated or foreign ids (or records after one, with top-k rows) are "
+                    "dropped; %d kept", paths["records"], len(appender.existing), len(appender.existing) - len(kept), len(kept))
         appender.close()
-        raise ClinsumError(f"{paths['records']}: holds ids not in shard {shard_index} of {shard_count} or repeated ids; delete it")
-    topk_store = TopkPartialStore(paths["topk"], k, [len(r["token_ids"]) for r in kept]) if k > 0 else None
+        write_jsonl(paths["records"], kept)
+        appender = JsonlAppender(paths["records"])
+    return appender
+
+
+def _run_shard(paths, appender, ids, documents, model_dir, settings, lang, shard, out, topk_out, generator) -> dict:
+    """Generate what the partial file lacks, then publish the shard's output."""
+    k = settings["teacher"]["top_logprobs"]
+    shard_index, shard_count = shard["shard_index"], shard["shard_count"]
+    kept = appender.existing
+    try:
+        topk_store = TopkPartialStore(paths["topk"], k, [len(r["token_ids"]) for r in kept]) if k > 0 else None
+    except ClinsumError:
+        appender.close()
+        raise
     done = {r["id"] for r in kept}
     pending = [doc_id for doc_id in ids if doc_id not in done]
     log.info("shard %d of %d: %d documents, %d already written, %d to generate", shard_index, shard_count,

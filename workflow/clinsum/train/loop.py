@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import model_files
 from ..batching import (
     collate,
     document_steps,
@@ -23,7 +24,7 @@ from ..batching import (
     training_plan,
 )
 from ..generation import native_bf16
-from ..io import ClinsumError
+from ..io import ClinsumError, exclusive_lock
 from ..losses import batch_loss, label_totals
 from ..topk import TeacherTopk
 from ..trainlog import plot_curves, write_log
@@ -38,7 +39,16 @@ def train(train_path, valid_path, model_dir, settings: TrainSettings, out_dir, c
     """Train one variant (settings.variant) and publish its best checkpoint in `out_dir`; return a summary.
 
     A killed run resumes from its last saved state in `checkpoint_dir`; SIGTERM or SIGINT saves the state at
-    the end of the current step and stops."""
+    the end of the current step and stops. One process trains into a checkpoint folder at a time: a second (the
+    orphan of a killed Snakemake beside its rerun) stops at once, naming the folder and the process."""
+    lock = Path(checkpoint_dir).with_name(Path(checkpoint_dir).name + ".lock")
+    with exclusive_lock(lock, f"the training state {checkpoint_dir}"):
+        return _train(train_path, valid_path, model_dir, settings, out_dir, checkpoint_dir, teacher_topk, teacher_model,
+                      answer_budget, device, threads)
+
+
+def _train(train_path, valid_path, model_dir, settings, out_dir, checkpoint_dir, teacher_topk, teacher_model,
+           answer_budget, device, threads) -> dict:
     run = start(train_path, valid_path, model_dir, settings, Path(out_dir), Path(checkpoint_dir),
                 list(teacher_topk), teacher_model, answer_budget, device, threads)
     with StopOnSignal() as stop, progress_bar(run) as bar:
@@ -277,6 +287,7 @@ def build_model(model_dir, saved, settings: TrainSettings, device, total_steps: 
 
     seed_everything(settings.seed)
     source = saved[0] / "model" if saved else Path(model_dir)
+    model_files.check_weights(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, attn_implementation="sdpa").to(device)
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
