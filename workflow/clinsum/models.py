@@ -35,6 +35,8 @@ def hub_dirname(repo_id: str) -> str:
 
 def model_kind(ref: str, named: dict) -> str:
     """'named', 'local' or 'hub' for a model reference from config."""
+    if not isinstance(ref, str) or not ref:
+        raise ClinsumError(f"a model reference must be a name, a directory or a hub name (org/name), got {ref!r}")
     if ref in named:
         return "named"
     if ref.startswith(("/", "./", "../", "~")) or Path(ref).expanduser().is_dir():

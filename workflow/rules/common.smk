@@ -10,6 +10,7 @@ sys.path.insert(0, str(CODE.parent))  # the checkout's own package, installed or
 from clinsum import fidelity as clinsum_fidelity
 from clinsum import model_files as clinsum_model_files
 from clinsum import settings as clinsum_settings
+from clinsum import submission as clinsum_submission
 from clinsum import models as clinsum_models
 from clinsum.codegraph import closure_files
 from clinsum import sources as clinsum_sources
@@ -494,9 +495,12 @@ def judge_model_input(wildcards):
     return model_input(JUDGE["model"])
 
 
-def judge_settings():
-    """What changes the judge's scores (not how its jobs run)."""
-    return {"judge": without_job_keys(JUDGE, also=("enabled", "model"))}
+def judge_settings(unused_prompt):
+    """What changes the judge's scores (not how its jobs run, nor the prompt of its other kind of job: `user` or
+    `consistency`)."""
+    section = without_job_keys(JUDGE, also=("enabled", "model"))
+    prompts = {k: v for k, v in section["prompts"].items() if k != unused_prompt}
+    return {"judge": {**section, "prompts": prompts}}
 
 
 def judge_targets():
@@ -506,12 +510,26 @@ def judge_targets():
     return expand("results/judge/{model}/{lang}.json", model=EVAL_MODELS, lang=LANGS)
 
 
+def consistency_targets():
+    """The judge's consistency across languages of every model, when it is on and there are languages to pair."""
+    if not JUDGE_ON or len(LANGS) < 2:
+        return []
+    return expand("results/judge/{model}/consistency.json", model=EVAL_MODELS)
+
+
 def report_judge_inputs(wildcards):
-    return {"judge": judge_targets()} if JUDGE_ON else {}
+    if not JUDGE_ON:
+        return {}
+    return {"judge": judge_targets(), "consistency": consistency_targets()}
 
 
 def report_judge_option(wildcards, input):
-    return f"--judge {quoted(input.judge)}" if "judge" in input.keys() else ""
+    if "judge" not in input.keys():
+        return ""
+    options = f"--judge {quoted(input.judge)}"
+    if input.consistency:
+        options += f" --consistency {quoted(input.consistency)}"
+    return options
 
 
 def report_settings():
@@ -541,12 +559,42 @@ def submission_predictions(wildcards, input):
     return quoted(f"{lang}={path}" for lang, path in zip(LANGS, input.predictions))
 
 
+def submission_corpus(wildcards, input):
+    """lang=results/corpus/{lang}.jsonl for each language (the organisers' results.jsonl needs the reports)."""
+    return quoted(f"{lang}={path}" for lang, path in zip(LANGS, input.corpus))
+
+
+SUBMISSION_FORMAT = clinsum_submission.resolve_format(
+    config["submission"]["format"], config["evaluate"]["protocol"]
+)
+SUBMISSION_RUNS = config["submission"]["runs"]
+
+
+def check_submission_runs():
+    """submission.runs names models this configuration makes, in the format that has runs."""
+    unknown = [model for model in SUBMISSION_RUNS if model not in EVAL_MODELS]
+    if unknown:
+        raise WorkflowError(
+            f"config submission.runs: {', '.join(unknown)} is not one of the models ({', '.join(EVAL_MODELS)})"
+        )
+    if SUBMISSION_RUNS and SUBMISSION_FORMAT != "multiclinsum2026":
+        raise WorkflowError(
+            "config submission.runs: runs are MultiClinSum-2's (submission.format multiclinsum2026)"
+        )
+
+
+check_submission_runs()
+
+
 def evaluation_targets():
     """The report and every model's submission, for rule all."""
-    return [
+    targets = [
         "results/report/index.html",
         *expand("results/submissions/{model}", model=EVAL_MODELS),
     ]
+    if SUBMISSION_RUNS:
+        targets.append(f"results/submissions/{config['submission']['team']}.zip")
+    return targets
 
 
 # ---------------------------------------------------------------- model directories
@@ -559,9 +607,13 @@ def check_model_dirs():
     models = [("student.model", config["student"]["model"], "generate")]
     if uses_teacher():
         models.append(("teacher.model", config["teacher"]["model"], "generate"))
-    models.append(
-        ("evaluate.bertscore.model", config["evaluate"]["bertscore"]["model"], "encode")
-    )
+    if JUDGE_ON:
+        models.append(("judge.model", JUDGE["model"], "generate"))
+    # the encoders as the protocol resolves them per language (a null part is the protocol's own)
+    encoders = {
+        evaluate_settings(lang)["evaluate"]["bertscore"]["model"] for lang in LANGS
+    }
+    models += [("evaluate.bertscore.model", ref, "encode") for ref in sorted(encoders)]
     for key, ref, purpose in models:
         kind = clinsum_models.model_kind(ref, NAMED_MODELS)
         if kind == "hub" or (
