@@ -96,7 +96,8 @@ def test_too_few_documents_to_split_stops_the_split_naming_the_language(tmp_path
     write_jsonl(corpus, [{"id": "multiclinsum_gs_ro_1", "lang": "ro", "text": "Raport.", "summary": "Rezumat."}])
     done = clinsum("split", "--corpus", corpus, "--lang", "ro", "--train", 0.8, "--valid", 0.01, "--test", 0.19,
                    "--seed", 42, "--method", "hash", "--order", "number", "--out", tmp_path / "ro.json")
-    assert "language ro has 1 documents (1 with a reference summary): too few for a non-empty train and test" in error_line(done)
+    assert ("language ro has 1 documents (1 with a reference summary, outside the test set): too few for a non-empty "
+            "train and test") in error_line(done)
     assert not (tmp_path / "ro.json").exists()
 
 

@@ -25,6 +25,7 @@ FIELDS = {
     "lang",
     "prediction",
     "reference",
+    "test_set",
     "finish_reason",
     "prompt_tokens",
     "completion_tokens",

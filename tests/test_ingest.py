@@ -59,7 +59,8 @@ def test_sample_corpus_ingests_completely(tmp_path):
         assert manifest["languages"][lang]["read"] == len(records[lang])
         assert manifest["languages"][lang]["skipped"] == 0
         for record in records[lang]:
-            assert set(record) == {"id", "lang", "text", "summary", "source"}
+            test_set = {"test_set"} if record["summary"] is None else set()  # test-layout reports: always test
+            assert set(record) == {"id", "lang", "text", "summary", "source"} | test_set
             assert record["lang"] == lang and record["text"]
     assert (tmp_path / "out" / "manifest.json").exists()
 
@@ -85,8 +86,32 @@ def test_test_layout_has_language_after_number(tmp_path):
             "text": "Rapport de test.",
             "summary": None,
             "source": str(root / "multiclinsum_test_fr" / "fulltext" / "multiclinsum_test_7_fr.txt"),
+            "test_set": True,
         }
     ]
+
+
+def test_multiclinsum2_test_set_with_and_without_its_gold(tmp_path):
+    """The 2026 test set as the organisers lay it out: {lang}/multiclinsum2_test_{n}_{lang}.txt, its gold beside it
+    once released; both go to the test split (test_set), the gold read when it is there. Training files by the
+    test set's pattern or the first edition's names."""
+    root = tmp_path / "corpus"
+    write(root / "multiclinsum2_test_set" / "ca" / "multiclinsum2_test_1_ca.txt", "Informe 1.")
+    write(root / "multiclinsum2_test_set" / "ca" / "multiclinsum2_test_1_ca_sum.txt", "Resum 1.")
+    write(root / "multiclinsum2_test_set" / "ca" / "multiclinsum2_test_2_ca.txt", "Informe 2.")
+    write(root / "train" / "ca" / "multiclinsum2_train_5_ca.txt", "Informe 5.")
+    write(root / "train" / "ca" / "multiclinsum2_train_5_ca_sum.txt", "Resum 5.")
+    write(root / "multiclinsum2_gs_train_ca" / "multiclinsum2_gs_ca_9.txt", "Informe 9.")
+    write(root / "multiclinsum2_gs_train_ca" / "multiclinsum2_gs_ca_9_sum.txt", "Resum 9.")
+    write(root / "train" / "ca" / "multiclinsum2_train_6_es.txt", "Informe en castellano.")  # in the Catalan folder
+    manifest = ingest([{"path": str(root), "layout": "multiclinsum2"}], ["ca", "es"], tmp_path / "out", "skip")
+    records = {r["id"]: r for r in read_jsonl(tmp_path / "out" / "ca.jsonl")}
+    assert sorted(records) == ["multiclinsum2_gs_ca_9", "multiclinsum2_test_1_ca", "multiclinsum2_test_2_ca",
+                               "multiclinsum2_train_5_ca"]
+    assert records["multiclinsum2_test_1_ca"]["summary"] == "Resum 1." and records["multiclinsum2_test_1_ca"]["test_set"]
+    assert records["multiclinsum2_test_2_ca"]["summary"] is None and records["multiclinsum2_test_2_ca"]["test_set"]
+    assert "test_set" not in records["multiclinsum2_train_5_ca"] and records["multiclinsum2_gs_ca_9"]["summary"] == "Resum 9."
+    assert manifest["languages"]["es"]["skipped_by_reason"] == {"language differs from its folder": 1}
 
 
 def test_zip_with_doubled_folder_and_stray_nested_zip(tmp_path):
@@ -395,5 +420,5 @@ def test_a_bad_layout_is_named_with_its_config_key(tmp_path, spec, message):
 
 
 def test_an_unknown_layout_name_is_named(tmp_path):
-    with pytest.raises(ClinsumError, match=r"layout 'multiclinsum2' is neither jsonl nor one of \['multiclinsum'\]"):
-        run([{"path": str(tmp_path), "layout": "multiclinsum2"}], tmp_path)
+    with pytest.raises(ClinsumError, match=r"layout 'multiclinsum3' is neither jsonl nor one of \['multiclinsum', 'multiclinsum2'\]"):
+        run([{"path": str(tmp_path), "layout": "multiclinsum3"}], tmp_path)

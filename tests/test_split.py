@@ -69,3 +69,19 @@ def test_test_layout_documents_always_go_to_test():
 def test_fractions_must_sum_to_one():
     with pytest.raises(ClinsumError, match="sum to 1"):
         assign_split("a", 42, {"train": 0.8, "valid": 0.1, "test": 0.2})
+
+
+def test_a_test_set_report_goes_to_test_with_its_gold_or_without(tmp_path):
+    from clinsum.io import write_jsonl
+    from clinsum.split import split_language
+
+    corpus = tmp_path / "ca.jsonl"
+    documents = [{"id": f"multiclinsum2_train_{n}_ca", "lang": "ca", "text": "r", "summary": "s"} for n in range(1, 120)]
+    documents += [{"id": f"multiclinsum2_test_{n}_ca", "lang": "ca", "text": "r", "summary": "gold" if n < 3 else None,
+                   "test_set": True} for n in range(1, 5)]
+    write_jsonl(corpus, documents)
+    for method in ("hash", "paper_code"):
+        result = split_language(corpus, tmp_path / f"{method}.json", "ca", FRACTIONS, 42, method, "number")
+        tests = [d for d in result["test"] if "_test_" in d]
+        assert sorted(tests) == [f"multiclinsum2_test_{n}_ca" for n in range(1, 5)], method
+        assert not any("_test_" in d for d in result["train"] + result["valid"]), method

@@ -121,6 +121,7 @@ class Summarizer:
         earlier = self.done.get(doc.id, {}).get("seconds", 0.0) if fallback else 0.0
         record = {
             "id": doc.id, "lang": self.lang, "prediction": completion.text.strip(), "reference": doc.summary,
+            "test_set": doc.test_set,
             "finish_reason": completion.finish_reason, "prompt_tokens": len(ids),
             "completion_tokens": len(completion.token_ids), "input_truncated": truncated,
             "fp32_fallback": fallback, "seconds": round(share + earlier, 4),

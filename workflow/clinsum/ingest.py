@@ -314,12 +314,13 @@ def _read_document(doc: FilePair, doc_id: str, layout: Layout, manifest: Manifes
     if doc.report is None:
         manifest.skip(doc.lang, where, "summary without its report")
         return None
+    test_set = doc.set in layout.unpaired_sets
     try:
         text = decode_text(archives.read(doc.report))
         summary = None
-        if doc.set not in layout.unpaired_sets:
-            if doc.summary is None:
-                raise ValueError("report without its summary")
+        if not test_set and doc.summary is None:
+            raise ValueError("report without its summary")
+        if doc.summary is not None:  # a test set's gold summary, when the release has it
             where = doc.summary
             summary = decode_text(archives.read(doc.summary))
     except ValueError as error:
@@ -334,7 +335,10 @@ def _read_document(doc: FilePair, doc_id: str, layout: Layout, manifest: Manifes
     if summary is not None and not summary:
         manifest.skip(doc.lang, doc.summary, "empty summary")
         return None
-    return {"id": doc_id, "lang": doc.lang, "text": text, "summary": summary, "source": str(doc.report)}
+    record = {"id": doc_id, "lang": doc.lang, "text": text, "summary": summary, "source": str(doc.report)}
+    if test_set:
+        record["test_set"] = True  # always in the test split, with or without its gold summary
+    return record
 
 
 # ---------------------------------------------------------------- the jsonl layout

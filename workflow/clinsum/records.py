@@ -22,12 +22,19 @@ SPLITS = ("train", "valid", "test")
 
 @dataclass(frozen=True)
 class Document:
-    """A corpus document: a report and its reference summary (None for test-layout reports)."""
+    """A corpus document: a report and its reference summary (None for test-layout reports without gold);
+    `test_set`: a report of a task's test set, which always goes to the test split."""
 
     id: str
     lang: str
     text: str
     summary: str | None
+    test_set: bool = False
+
+    @property
+    def splittable(self) -> bool:
+        """Whether the split may put it in train or valid: it has a reference and is no test-set report."""
+        return self.summary is not None and not self.test_set
 
 
 def some(ids: list[str], limit: int = 20) -> str:
@@ -45,7 +52,7 @@ def iter_documents(corpus_path: str | os.PathLike) -> Iterator[tuple[int, Docume
 def _document(path, number: int, record) -> Document:
     if not isinstance(record, dict) or not record.get("id") or not isinstance(record.get("text"), str):
         raise ClinsumError(f"{path}: record {number} is not a document (an id and a `text` string)")
-    return Document(str(record["id"]), record.get("lang"), record["text"], record.get("summary"))
+    return Document(str(record["id"]), record.get("lang"), record["text"], record.get("summary"), bool(record.get("test_set")))
 
 
 def load_documents(corpus_path: str | os.PathLike, ids: Iterable[str]) -> dict[str, Document]:

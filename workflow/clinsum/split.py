@@ -1,7 +1,7 @@
 """Split: train/valid/test per language, deterministic from a hash of the document id and a seed.
 
 A document's split depends on its own id alone, so adding documents never moves an existing one.
-Test-layout documents (no reference summary) always go to test. A language with at least 3 documents
+Test-layout documents (no reference summary) and a test set's reports (with their gold or not) always go to test. A language with at least 3 documents
 gets every split non-empty: while a split has no document of its own, the one whose hash lies nearest
 to that split's interval is lent to it (small corpora only; with a few hundred documents per language
 every split fills naturally and the lending stops).
@@ -55,14 +55,15 @@ def assign_split(doc_id: str, seed: int, fractions: dict) -> str:
 
 
 def split_documents(documents: list[tuple[str, bool]], fractions: dict, seed: int) -> dict[str, list[str]]:
-    """documents: (id, has_reference). Returns split name -> ids, in input order."""
+    """documents: (id, splittable: has a reference and is no test-set report). Returns split name -> ids, in input
+    order."""
     bounds = intervals(fractions)
     position = {doc_id: unit_hash(doc_id, seed) for doc_id, _ in documents}
     assignment = {
-        doc_id: assign_split(doc_id, seed, fractions) if has_reference else "test"
-        for doc_id, has_reference in documents
+        doc_id: assign_split(doc_id, seed, fractions) if splittable else "test"
+        for doc_id, splittable in documents
     }
-    movable = [doc_id for doc_id, has_reference in documents if has_reference]
+    movable = [doc_id for doc_id, splittable in documents if splittable]
     if len(movable) >= 3:
         for name in SPLITS:
             members = [d for d in assignment if assignment[d] == name]
@@ -93,12 +94,12 @@ def paper_code_split(documents: list[tuple[str, bool]], fractions: dict, seed: i
     if order not in ("number", "name"):
         raise ClinsumError(f"split.order must be number or name, got {order!r}")
     key = document_number if order == "number" else None
-    paired = sorted((doc_id for doc_id, has_reference in documents if has_reference), key=key)
+    paired = sorted((doc_id for doc_id, splittable in documents if splittable), key=key)
     random.Random(seed).shuffle(paired)
     n = len(paired)
     train_end = int(n * fractions["train"])
     valid_end = train_end + int(n * fractions["valid"])
-    unpaired = sorted((doc_id for doc_id, has_reference in documents if not has_reference), key=key)
+    unpaired = sorted((doc_id for doc_id, splittable in documents if not splittable), key=key)
     result = {"train": paired[:train_end], "valid": paired[train_end:valid_end], "test": paired[valid_end:] + unpaired}
     empty = [name for name in SPLITS if not result[name]]
     if empty:
@@ -121,7 +122,7 @@ def split_sizes(n: int, fractions: dict, method: str) -> dict[str, int | float]:
 
 def split_language(corpus_path: str | Path, out_path: str | Path, lang: str, fractions: dict, seed: int,
                    method: str, order: str) -> dict:
-    documents = [(document.id, document.summary is not None) for _, document in iter_documents(corpus_path)]
+    documents = [(document.id, document.splittable) for _, document in iter_documents(corpus_path)]
     if method == "paper_code":
         result = paper_code_split(documents, fractions, seed, order)
     elif method == "hash":
@@ -129,9 +130,10 @@ def split_language(corpus_path: str | Path, out_path: str | Path, lang: str, fra
     else:
         raise ClinsumError(f"split.method must be hash or paper_code, got {method!r}")
     if not result["train"] or not result["test"]:
-        paired = sum(has_reference for _, has_reference in documents)
+        paired = sum(splittable for _, splittable in documents)
         raise ClinsumError(
-            f"{corpus_path}: language {lang} has {len(documents)} documents ({paired} with a reference summary): "
+            f"{corpus_path}: language {lang} has {len(documents)} documents ({paired} with a reference summary, outside "
+            f"the test set): "
             f"too few for a non-empty train and test split ({', '.join(f'{n} {len(result[n])}' for n in SPLITS)}); "
             "results/corpus/manifest.json lists its sources and what was skipped. Add documents or remove the "
             "language from `languages`"
