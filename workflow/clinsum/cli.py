@@ -29,8 +29,10 @@ COMMANDS = {
     "infer": "infer",
     "evaluate": "evaluate",
     "judge": "judge",
+    "judge-consistency": "judge",
     "report": "report",
-    "submission": "report",
+    "submission": "submission",
+    "submission-runs": "submission",
     "plan": "plan",
 }
 

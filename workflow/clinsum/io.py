@@ -148,6 +148,17 @@ def exclusive_lock(path: str | os.PathLike, what: str):
         handle.close()
 
 
+def pairs_option(values: list[str], flag: str) -> dict[str, str]:
+    """A command line's NAME=PATH values (LANG=results/predictions/...) as a mapping; a malformed one is named."""
+    pairs = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise ClinsumError(f"{flag}: expected NAME=PATH, got {value!r}")
+        pairs[name] = path
+    return pairs
+
+
 class JsonlAppender:
     """Append records to a JSONL file, flushed and fsynced per record, so a killed job keeps them.
 

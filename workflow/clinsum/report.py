@@ -1,5 +1,5 @@
-"""Report and submission: Table 4 under a scoring protocol, clinical faithfulness, paired bootstrap
-intervals, figures, examples, and upload files.
+"""Report: Table 4 under a scoring protocol, clinical faithfulness, paired bootstrap intervals, figures and
+examples.
 
 `clinsum report` reads every `results/eval/{model}/{lang}.json`, the judge's `results/judge/{model}/{lang}.json`
 when the judge ran, and each variant's `train_log.csv`, and writes `results/report/`:
@@ -13,8 +13,6 @@ when the judge ran, and each variant's `train_log.csv`, and writes `results/repo
   faithfulness measures and the judge's scores;
 - bars/{lang}.png, training_curves.png, and a self-contained index.html that also shows, per model and
   language, the best and the worst scored summary beside its reference.
-
-`clinsum submission` writes one model's predictions as MultiClinSum upload files (see `write_submission`).
 """
 
 from __future__ import annotations
@@ -23,18 +21,16 @@ import base64
 import html
 import json
 import logging
-import re
 from pathlib import Path
 
 from .fidelity import mode as fidelity_mode
-from .io import ClinsumError, atomic_path, read_json, write_json
-from .predictions import load_predictions
+from .io import ClinsumError, atomic_path, pairs_option, read_json
+from .languages import language_name
 from .settings import parse_settings
 from .trainlog import plot_curves, read_log
 
 log = logging.getLogger(__name__)
 
-LANG_NAMES = {"en": "English", "es": "Spanish", "fr": "French", "pt": "Portuguese", "all": "All languages"}
 # (eval key, column label): the paper's Table 4 columns, in its order.
 BERTSCORE_COLUMNS = [("bertscore_p", "Precision"), ("bertscore_r", "Recall"), ("bertscore_f", "F1")]
 ROUGE_COLUMNS = [("rouge1_f", "R-1"), ("rouge2_f", "R-2"), ("rougeL_f", "R-L"), ("rougeLsum_f", "R-Lsum")]
@@ -48,7 +44,8 @@ FAITHFULNESS_COLUMNS = [
     ("novel_bigram_rate", "novel bigrams (%)", 100),
     ("compression", "compression (% of report)", 100),
 ]
-JUDGE_COLUMNS = [("judge_faithfulness", "judge faithfulness", 100), ("judge_completeness", "judge completeness", 100)]
+JUDGE_COLUMNS = [("judge_faithfulness", "judge faithfulness", 100), ("judge_completeness", "judge completeness", 100),
+                 ("judge_fluency", "judge fluency", 100)]
 # The per-document values the bootstrap compares: (key, label, scale), those present in the evaluations.
 # The shared task ranked ROUGE-Lsum and BERTScore; the others are the faithfulness checks and the judge.
 BOOTSTRAP_METRICS = [
@@ -61,6 +58,7 @@ BOOTSTRAP_METRICS = [
     ("degenerate", "degenerate summaries (%)", 100),
     ("judge_faithfulness", "judge faithfulness", 100),
     ("judge_completeness", "judge completeness", 100),
+    ("judge_fluency", "judge fluency", 100),
 ]
 # Below this many documents a percentile bootstrap interval is too coarse to call (n = 2 has 3 distinct means).
 MIN_BOOTSTRAP_DOCS = 10
@@ -71,7 +69,7 @@ COUNT_LABELS = [
 
 
 def lang_name(lang: str) -> str:
-    return LANG_NAMES.get(lang, lang)
+    return language_name(lang)
 
 
 # ---------------------------------------------------------------- inputs
@@ -123,10 +121,37 @@ def merge_judgements(evals: dict, paths: list[str | Path]) -> None:
             raise ClinsumError(f"{path} and {evals[pair]['path']} hold different documents: rerun the judge")
         for doc in documents:
             verdict_doc = judged[doc["id"]]
-            for key in ("judge_faithfulness", "judge_completeness"):
+            for key in ("judge_faithfulness", "judge_completeness", "judge_fluency"):
                 doc[key] = None if verdict_doc["malformed"] else verdict_doc[key]
         evals[pair]["judge"] = {key: data[key] for key in ("n", "n_judged", "n_malformed", "n_retried") if key in data}
         evals[pair]["means"].update(data["means"])
+
+
+def consistency_markdown(paths: list[str | Path]) -> str:
+    """The judge's consistency across languages, one row per model (results/judge/{model}/consistency.json)."""
+    if not paths:
+        return ""
+    lines = ["## Consistency across languages (the judge)", "",
+             "| Model | pairs judged | consistency | malformed | by languages | candidates not confirmed |",
+             "|---|---:|---:|---:|---|---:|"]
+    for path in paths:
+        data = read_json(path)
+        for key in ("model", "n_judged", "n_malformed", "n_unconfirmed", "means"):
+            if key not in data:
+                raise ClinsumError(f"{path}: not a consistency file (no {key!r})")
+        mean = data["means"].get("judge_consistency")
+        by = ", ".join(f"{pair} {100 * value:.1f}" for pair, value in data["means"]["by_languages"].items()) or "–"
+        lines.append(f"| {data['model']} | {data['n_judged']} | {fmt(None if mean is None else 100 * mean)} "
+                     f"| {data['n_malformed']} | {by} | {data['n_unconfirmed']} |")
+    return "\n".join(lines) + "\n\n" + CONSISTENCY_NOTE + "\n"
+
+
+CONSISTENCY_NOTE = (
+    "A case in several languages is paired from the first configured language it has to each other one when "
+    "its ids name the same case (multiclinsum2_test_12_ca and multiclinsum2_test_12_es) and the two reports share "
+    "their numbers (at least 3 distinct, half of both together); candidates whose reports do not are listed as not "
+    "confirmed and not judged. Consistency: 1 when both summaries state the same clinical facts, x100."
+)
 
 
 def bertscore_label(data: dict) -> str:
@@ -572,6 +597,15 @@ def table4_html(rows: list[dict]) -> str:
     return "\n".join(out + ["</table>"])
 
 
+def consistency_html(markdown: str) -> str:
+    """The consistency table (consistency_markdown) as HTML; nothing when the judge did not pair languages."""
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in markdown.splitlines() if line.startswith("| ")]
+    if not rows:
+        return ""
+    return ("<h3>Consistency across languages (the judge)</h3>" + simple_html_table(rows[0], rows[1:])
+            + f'<p class="note">{html.escape(CONSISTENCY_NOTE)}</p>')
+
+
 def simple_html_table(header: list[str], body: list[list[str]]) -> str:
     out = ["<table>", "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
     for cells in body:
@@ -653,6 +687,7 @@ def index_html(page: dict, samples: int, seed: int, bar_paths: dict[str, Path], 
 <h2>Clinical faithfulness</h2>
 {faithfulness}
 <p class="note">{html.escape(FAITHFULNESS_NOTE)}</p>
+{consistency_html(page.get("consistency", ""))}
 <h2>Documents</h2>
 {counts}
 <h2>Paired bootstrap</h2>
@@ -680,6 +715,7 @@ def build_report(
     seed: int = 42,
     judge_paths: list[str | Path] = (),
     fidelity: str = "",
+    consistency_paths: list[str | Path] = (),
     manifest: dict | None = None,
 ) -> dict:
     """Every report file in `out_dir`; `fidelity` is the header's sentence on the paper fidelity mode
@@ -708,8 +744,10 @@ def build_report(
             + "\n## Documents\n\n" + counts_markdown(rows)
         )
     write_table4_csv(out_dir / "table4.csv", rows)
+    consistency = consistency_markdown(list(consistency_paths))
+    page["consistency"] = consistency
     with atomic_path(out_dir / "faithfulness.md") as handle:
-        handle.write(faithfulness_markdown(page["faithfulness"]))
+        handle.write(faithfulness_markdown(page["faithfulness"]) + ("\n" + consistency if consistency else ""))
     write_faithfulness_csv(out_dir / "faithfulness.csv", page["faithfulness"])
     with atomic_path(out_dir / "bootstrap.md") as handle:
         handle.write(bootstrap_markdown(page["bootstrap"], samples, seed))
@@ -728,83 +766,19 @@ def build_report(
     return page
 
 
-# ---------------------------------------------------------------- submission
-
-TEST_ID = re.compile(r"^multiclinsum_test_(?P<n>\d+)_(?P<lang>[a-z]{2})$")
-SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-def write_submission(predictions: dict[str, str | Path], out_dir: str | Path) -> dict:
-    """Write `{lang}/{id}_sum.txt` for every test-layout document (reference null) and
-    `heldout/{lang}/{id}_sum.txt` for every document with a reference.
-
-    A test-layout id is `multiclinsum_test_{n}_{lang}`, so `{lang}/` holds exactly MultiClinSum's upload
-    files, `multiclinsum_test_{n}_{lang}_sum.txt`, one per test document and nothing else. Held-out
-    gold/large-scale documents keep their own id (`multiclinsum_gs_{lang}_{n}_sum.txt`, the organisers'
-    naming of reference summaries) apart, under heldout/, for scoring with the organisers' tools.
-    """
-    out_dir = Path(out_dir)
-    manifest = {"languages": {}}
-    for lang, path in predictions.items():
-        records = load_predictions(path, lang)
-        counts = {"test_layout": 0, "heldout": 0, "empty": 0, "nonstandard_test_ids": []}
-        (out_dir / lang).mkdir(parents=True, exist_ok=True)
-        for record in records:
-            doc_id = record["id"]
-            if not SAFE_ID.match(doc_id):
-                raise ClinsumError(f"{path}: document id {doc_id!r} is not usable as a file name")
-            if record["reference"] is None:
-                target = out_dir / lang / f"{doc_id}_sum.txt"
-                counts["test_layout"] += 1
-                match = TEST_ID.match(doc_id)
-                if not match or match["lang"] != lang:
-                    counts["nonstandard_test_ids"].append(doc_id)
-            else:
-                target = out_dir / "heldout" / lang / f"{doc_id}_sum.txt"
-                counts["heldout"] += 1
-            text = record["prediction"].strip()
-            counts["empty"] += not text
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text + "\n", encoding="utf-8")
-        written = len(list((out_dir / lang).glob("*_sum.txt")))
-        if written != counts["test_layout"]:
-            raise ClinsumError(f"{out_dir / lang}: {written} files for {counts['test_layout']} test-layout documents of {path}")
-        if counts["nonstandard_test_ids"]:
-            log.warning("%s: %d documents without a reference have ids outside MultiClinSum's test naming, e.g. %s",
-                        path, len(counts["nonstandard_test_ids"]), counts["nonstandard_test_ids"][0])
-        manifest["languages"][lang] = counts
-        log.info("submission %s: %d test-layout files, %d held-out, %d empty", lang,
-                 counts["test_layout"], counts["heldout"], counts["empty"])
-    write_json(out_dir / "manifest.json", manifest)
-    return manifest
-
-
 # ---------------------------------------------------------------- CLI
-
-
-def _pairs(values: list[str], flag: str) -> dict[str, str]:
-    pairs = {}
-    for value in values:
-        name, sep, path = value.partition("=")
-        if not sep or not name or not path:
-            raise ClinsumError(f"{flag}: expected NAME=PATH, got {value!r}")
-        pairs[name] = path
-    return pairs
 
 
 def _run_report(args) -> None:
     settings = parse_settings(args.settings)
     bootstrap = settings["evaluate"]["bootstrap"]
-    logs = {name: Path(path) for name, path in _pairs(args.train_log, "--train-log").items()}
+    logs = {name: Path(path) for name, path in pairs_option(args.train_log, "--train-log").items()}
     models = ["base", *settings["train"]["variants"]]
     build_report(
         args.eval, logs, models, settings["languages"], args.out_dir, bootstrap["samples"], bootstrap["seed"], args.judge,
         fidelity=fidelity_mode(settings), manifest=read_json(args.manifest) if args.manifest else None,
+        consistency_paths=args.consistency,
     )
-
-
-def _run_submission(args) -> None:
-    write_submission(_pairs(args.predictions, "--predictions"), args.out)
 
 
 def add_cli(subparsers) -> None:
@@ -817,6 +791,9 @@ def add_cli(subparsers) -> None:
     parser.add_argument(
         "--judge", nargs="*", default=[], help="results/judge/{model}/{lang}.json files, when the judge ran"
     )
+    parser.add_argument(
+        "--consistency", nargs="*", default=[], help="results/judge/{model}/consistency.json files, when the judge ran"
+    )
     parser.add_argument("--train-log", nargs="*", default=[], help="VARIANT=results/models/{variant}/train_log.csv")
     parser.add_argument("--manifest", help="results/corpus/manifest.json: its warnings and skips head the report")
     parser.add_argument(
@@ -828,7 +805,3 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--out-dir", required=True, help="results/report")
     parser.set_defaults(func=_run_report)
 
-    parser = subparsers.add_parser("submission", help="one model's predictions as MultiClinSum upload files")
-    parser.add_argument("--predictions", nargs="+", required=True, help="LANG=results/predictions/{model}/{lang}.jsonl")
-    parser.add_argument("--out", required=True, help="results/submissions/{model}")
-    parser.set_defaults(func=_run_submission)

@@ -98,7 +98,8 @@ rule report:
 rule submission:
     input:
         predictions=expand("results/predictions/{{model}}/{lang}.jsonl", lang=LANGS),
-        code=code("report"),
+        corpus=expand("results/corpus/{lang}.jsonl", lang=LANGS),
+        code=code("submission"),
     output:
         directory("results/submissions/{model}"),
     log:
@@ -111,5 +112,29 @@ rule submission:
         mem_mb=1000,
     params:
         predictions=submission_predictions,
+        corpus=submission_corpus,
+        format=SUBMISSION_FORMAT,
+        team=config["submission"]["team"],
     shell:
-        "python -m clinsum submission --predictions {params.predictions} --out {output:q} > {log:q} 2>&1"
+        "python -m clinsum submission --predictions {params.predictions} --corpus {params.corpus}"
+        " --format {params.format} --team {params.team:q} --out {output:q} > {log:q} 2>&1"
+
+
+# MultiClinSum-2 allows three runs a team: submission.runs names the models sent as run1, run2, run3.
+rule submission_runs:
+    input:
+        models=expand("results/submissions/{model}", model=SUBMISSION_RUNS),
+        code=code("submission"),
+    output:
+        "results/submissions/{team}.zip",
+    log:
+        "results/logs/submission/{team}.log",
+    wildcard_constraints:
+        team=re.escape(config["submission"]["team"]),
+    conda:
+        "../../envs/evaluate.yaml"
+    resources:
+        mem_mb=1000,
+    shell:
+        "python -m clinsum submission-runs --runs {input.models:q} --team {wildcards.team:q}"
+        " --out {output:q} > {log:q} 2>&1"
