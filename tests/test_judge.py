@@ -16,11 +16,13 @@ from clinsum.generation import Completion
 from clinsum.io import ClinsumError, read_json, write_jsonl
 from conftest import REPO, copy_checkout
 
-GOOD = {"faithfulness": 0.9, "completeness": {"patient": 1, "diagnosis": 0.5, "intervention": 0.5, "outcome": 1.0, "follow_up": 0}}
+GOOD = {"faithfulness": 0.9, "completeness": {"patient": 1, "diagnosis": 0.5, "intervention": 0.5, "outcome": 1.0, "follow_up": 0},
+        "fluency": 0.75}
 PROMPTS = {
     "system": "You check summaries.",
     "user": "Report:\n{report}\n\nSummary:\n{summary}\n\nAnswer with JSON.",
     "retry": "Your answer could not be read ({error}).",
+    "consistency": "A ({lang_a}):\n{summary_a}\nB ({lang_b}):\n{summary_b}\nAnswer with JSON.",
 }
 SETTINGS = {"backend": "transformers", "dtype": "float32", "batch_size": 4, "max_input_tokens": 4096,
             "max_new_tokens": 16, "temperature": 0.0, "prompts": PROMPTS}
@@ -39,11 +41,16 @@ def test_well_formed_answers(answer):
     parsed = judge.parse_judgement(answer)
     assert parsed["judge_faithfulness"] == 0.9
     assert parsed["judge_completeness"] == pytest.approx((1 + 0.5 + 0.5 + 1 + 0) / 5)
+    assert parsed["judge_fluency"] == 0.75
     assert parsed["completeness_items"] == {"patient": 1.0, "diagnosis": 0.5, "intervention": 0.5, "outcome": 1.0, "follow_up": 0.0}
 
 
 def with_items(**items):
-    return json.dumps({"faithfulness": 0.5, "completeness": {**GOOD["completeness"], **items}})
+    return json.dumps({"faithfulness": 0.5, "completeness": {**GOOD["completeness"], **items}, "fluency": 1})
+
+
+def with_top(**top):
+    return json.dumps({**GOOD, **top})
 
 
 @pytest.mark.parametrize(
@@ -57,17 +64,19 @@ def with_items(**items):
         ('{"faithfulness": 0.9, "completeness": {"patient": 1', "not one JSON object"),
         ('{"faithfulness": 0.9,}', "invalid JSON"),
         ("[0.9, 0.8]", "not one JSON object"),
-        (json.dumps({"faithfulness": 0.9}), "the answer: missing completeness"),
-        (json.dumps({**GOOD, "fluency": 1}), "the answer: unexpected fluency"),
+        (json.dumps({"faithfulness": 0.9}), "the answer: missing completeness, fluency"),
+        (with_top(coherence=1), "the answer: unexpected coherence"),
+        (json.dumps({key: value for key, value in GOOD.items() if key != "fluency"}), "the answer: missing fluency"),
+        (with_top(fluency=1.5), "fluency must be from 0 to 1, got 1.5"),
         (with_items(follow_up=None), "completeness.follow_up must be a number from 0 to 1, got null"),
-        (json.dumps({"faithfulness": "high", "completeness": GOOD["completeness"]}), "faithfulness must be a number"),
-        (json.dumps({"faithfulness": True, "completeness": GOOD["completeness"]}), "faithfulness must be a number"),
-        (json.dumps({"faithfulness": 9, "completeness": GOOD["completeness"]}), "faithfulness must be from 0 to 1, got 9"),
+        (with_top(faithfulness="high"), "faithfulness must be a number"),
+        (with_top(faithfulness=True), "faithfulness must be a number"),
+        (with_top(faithfulness=9), "faithfulness must be from 0 to 1, got 9"),
         (with_items(outcome=-0.1), "completeness.outcome must be from 0 to 1"),
-        ('{"faithfulness": NaN, "completeness": {}}', "NaN is not a score"),
-        (json.dumps({"faithfulness": 0.5, "completeness": 0.5}), "completeness must be a JSON object"),
-        ('{"faithfulness": 0.5, "faithfulness": 0.6, "completeness": {}}', "duplicate key(s) faithfulness"),
-        (json.dumps({"faithfulness": 0.5, "completeness": {"patient": 1}}), "missing diagnosis, intervention"),
+        ('{"faithfulness": NaN, "completeness": {}, "fluency": 1}', "NaN is not a score"),
+        (with_top(completeness=0.5), "completeness must be a JSON object"),
+        ('{"faithfulness": 0.5, "faithfulness": 0.6, "completeness": {}, "fluency": 1}', "duplicate key(s) faithfulness"),
+        (with_top(completeness={"patient": 1}), "missing diagnosis, intervention"),
     ],
 )
 def test_malformed_answers_are_refused_not_guessed(answer, reason):
@@ -201,6 +210,95 @@ def test_the_judge_rule_runs_only_when_switched_on(tmp_path):
     assert "rule judge:" not in planned("config/tiny.yaml")
     plan = planned("config/tiny.yaml", "config/judge.yaml")
     judged = {line.strip() for line in plan.splitlines() if line.strip().startswith("output: results/judge/")}
-    assert judged == {f"output: results/judge/{m}/{lang}.json" for m in models for lang in tiny["languages"]}
+    assert judged == {f"output: results/judge/{m}/{lang}.json" for m in models for lang in tiny["languages"]} | {
+        f"output: results/judge/{m}/consistency.json" for m in models}
     report_block = plan.split("rule report:")[1].split("\n\n")[0]
-    assert "results/judge/base/en.json" in report_block
+    assert "results/judge/base/en.json" in report_block and "results/judge/distil/consistency.json" in report_block
+
+
+# ---------------------------------------------------------------- consistency across languages
+
+
+def _case(lang, n, numbers, summary):
+    return {"report": f"Report ({lang}): " + ", ".join(numbers) + ".", "summary": summary}
+
+
+def test_cases_pair_by_their_id_and_are_confirmed_by_their_numbers():
+    documents = {
+        "en": {"multiclinsum2_test_1_en": _case("en", 1, ["58", "39.2", "187", "16,400"], "Legionella pneumonia."),
+               "multiclinsum2_test_2_en": _case("en", 2, ["67", "38.4", "78"], "Knee infection."),
+               "multiclinsum2_test_3_en": _case("en", 3, ["81"], "Diverticulitis.")},
+        "es": {"multiclinsum2_test_1_es": _case("es", 1, ["58", "39,2", "187", "16.400"], "Neumonía."),
+               "multiclinsum2_test_2_es": _case("es", 2, ["12", "4", "5"], "Otro caso."),  # the same number, another case
+               "multiclinsum2_test_3_es": _case("es", 3, ["81"], "Diverticulitis.")},
+        "el": {"multiclinsum2_test_1_el": _case("el", 1, ["58", "39,2", "187"], "Πνευμονία.")},
+        "fr": {"multiclinsum_gs_fr_1": _case("fr", 1, ["58", "39,2", "187"], "no MultiClinSum-2 id: not paired")},
+    }
+    pairs, unconfirmed = judge.paired_cases(documents, ["en", "es", "el", "fr"])
+    assert [p["id"] for p in pairs] == ["multiclinsum2_test_1:en-es", "multiclinsum2_test_1:en-el"]
+    # digit runs: 58 39 2 187 16 400 in both (decimal and thousands marks differ, the digits do not)
+    assert pairs[0]["ids"] == ["multiclinsum2_test_1_en", "multiclinsum2_test_1_es"] and pairs[0]["numbers_shared"] == 6
+    assert pairs[1]["numbers_shared"] == 4 and pairs[1]["number_overlap"] == pytest.approx(4 / 6, abs=1e-4)
+    # case 2: different reports behind the same number (one digit run shared by chance); case 3: too few to tell
+    assert [(p["id"], p["numbers_shared"]) for p in unconfirmed] == [("multiclinsum2_test_2:en-es", 1),
+                                                                     ("multiclinsum2_test_3:en-es", 1)]
+    assert judge.case_of("multiclinsum_gs_fr_12", "fr") == "multiclinsum_gs_12"
+    assert judge.case_of("multiclinsum2_test_12_ca", "es") is None
+
+
+def test_consistency_answers_are_parsed_strictly():
+    assert judge.parse_consistency('{"consistency": 0.8}') == {"judge_consistency": 0.8}
+    for answer, reason in (('{"consistency": 2}', "must be from 0 to 1"), ('{"score": 1}', "missing consistency"),
+                           ("Very consistent.", "not one JSON object")):
+        with pytest.raises(judge.MalformedAnswer, match=reason):
+            judge.parse_consistency(answer)
+
+
+class PairGenerator:
+    """Answers each consistency prompt by the pair of summaries it holds; records the prompts."""
+
+    def __init__(self, answers):
+        self.answers, self.prompts = answers, []
+
+    def generate(self, prompts, max_new_tokens, temperature=0.0):
+        out = []
+        for ids in prompts:
+            text = "".join(chr(i) for i in ids)
+            self.prompts.append(text)
+            key = next(key for key in self.answers if key in text)
+            out.append(Completion(self.answers[key].pop(0), [1], "stop", len(ids)))
+        return out
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+def test_judge_consistency_writes_pairs_means_and_what_it_could_not_pair(tmp_path, monkeypatch):
+    predictions, corpus = {}, {}
+    for lang, summary in (("en", "Pneumonia, levofloxacin."), ("es", "Neumonía, levofloxacino."), ("ru", "Пневмония.")):
+        ids = [f"multiclinsum2_test_{n}_{lang}" for n in (1, 2)]
+        numbers = {1: "58, 39.2, 187, 750", 2: "67, 38.4, 78" if lang != "ru" else "1, 2"}
+        write_jsonl(tmp_path / f"{lang}.jsonl", [{"id": i, "lang": lang, "prediction": f"{summary} {i}", "reference": None,
+                                                 "test_set": True} for i in ids])
+        write_jsonl(tmp_path / f"c{lang}.jsonl", [{"id": i, "lang": lang, "text": f"Report {numbers[n]}."} for n, i in zip((1, 2), ids)])
+        predictions[lang], corpus[lang] = str(tmp_path / f"{lang}.jsonl"), str(tmp_path / f"c{lang}.jsonl")
+    import clinsum.model_files
+
+    monkeypatch.setattr(clinsum.model_files, "load_tokenizer", lambda path: CharTokenizer())
+    generator = PairGenerator({"levofloxacino. multiclinsum2_test_1": ['{"consistency": 0.9}'],
+                               "levofloxacino. multiclinsum2_test_2": ["no idea", '{"consistency": 0.5}'],
+                               "Пневмония. multiclinsum2_test_1": ['{"consistency": 0.2}']})
+    result = judge.judge_consistency(predictions, corpus, tmp_path, {**SETTINGS, "prompts": PROMPTS}, tmp_path / "c.json",
+                                     "distil", make_generator=lambda s, p: generator)
+    assert result == read_json(tmp_path / "c.json")
+    assert [p["id"] for p in result["pairs"]] == ["multiclinsum2_test_1:en-es", "multiclinsum2_test_1:en-ru",
+                                                  "multiclinsum2_test_2:en-es"]
+    assert [p["id"] for p in result["unconfirmed"]] == ["multiclinsum2_test_2:en-ru"]
+    assert result["means"]["judge_consistency"] == pytest.approx((0.9 + 0.2 + 0.5) / 3)
+    assert result["means"]["by_languages"] == {"en-es": pytest.approx(0.7), "en-ru": pytest.approx(0.2)}
+    assert result["n_judged"] == 3 and result["n_malformed"] == 0 and result["n_unconfirmed"] == 1
+    assert result["pairs"][2]["attempts"] == 2  # "no idea" was asked again once
+    assert any("A (English):" in p and "B (Spanish):" in p for p in generator.prompts)

@@ -419,41 +419,6 @@ def test_missing_evaluation_and_bad_train_log(tmp_path):
 # ---------------------------------------------------------------- submission
 
 
-def test_submission_naming_and_counts(tmp_path):
-    predictions = {}
-    for lang, tests in (("en", 3), ("fr", 2)):
-        records = [
-            {"id": f"multiclinsum_test_{n}_{lang}", "lang": lang, "prediction": f"  summary {n} {lang}\n", "reference": None}
-            for n in range(1, tests + 1)
-        ]
-        records.append({"id": f"multiclinsum_gs_{lang}_7", "lang": lang, "prediction": "held out", "reference": "ref"})
-        predictions[lang] = tmp_path / f"{lang}.jsonl"
-        write_jsonl(predictions[lang], records)
-    predictions["pt"] = tmp_path / "pt.jsonl"
-    write_jsonl(predictions["pt"], [{"id": "multiclinsum_test_10_pt", "lang": "pt", "prediction": "", "reference": None}])
-
-    manifest = report.write_submission(predictions, tmp_path / "sub")
-    sub = tmp_path / "sub"
-    assert sorted(p.name for p in (sub / "en").iterdir()) == [f"multiclinsum_test_{n}_en_sum.txt" for n in (1, 2, 3)]
-    assert sorted(p.name for p in (sub / "fr").iterdir()) == ["multiclinsum_test_1_fr_sum.txt", "multiclinsum_test_2_fr_sum.txt"]
-    assert (sub / "en" / "multiclinsum_test_2_en_sum.txt").read_text(encoding="utf-8") == "summary 2 en\n"
-    assert (sub / "heldout" / "en" / "multiclinsum_gs_en_7_sum.txt").read_text() == "held out\n"
-    assert (sub / "pt" / "multiclinsum_test_10_pt_sum.txt").read_text() == "\n"  # empty prediction: file still there
-    assert manifest["languages"]["en"] == {"test_layout": 3, "heldout": 1, "empty": 0, "nonstandard_test_ids": []}
-    assert manifest["languages"]["pt"]["empty"] == 1
-    assert read_json(sub / "manifest.json") == manifest
-
-
-def test_submission_flags_ids_outside_the_test_naming_and_rejects_unsafe_ids(tmp_path):
-    write_jsonl(tmp_path / "en.jsonl", [{"id": "case-12", "lang": "en", "prediction": "x", "reference": None}])
-    manifest = report.write_submission({"en": tmp_path / "en.jsonl"}, tmp_path / "sub")
-    assert manifest["languages"]["en"]["nonstandard_test_ids"] == ["case-12"]
-    assert (tmp_path / "sub" / "en" / "case-12_sum.txt").exists()
-    write_jsonl(tmp_path / "es.jsonl", [{"id": "../escape", "lang": "es", "prediction": "x", "reference": None}])
-    with pytest.raises(ClinsumError, match="not usable as a file name"):
-        report.write_submission({"es": tmp_path / "es.jsonl"}, tmp_path / "sub2")
-
-
 # ---------------------------------------------------------------- the rules, through Snakemake
 
 
@@ -554,3 +519,15 @@ def test_rules_run_report_and_rerun_only_what_a_setting_touches(tmp_path):
     for expected in ("Table 4", "Clinical faithfulness", "Paired bootstrap", "Scores per language", "table4.md",
                      "faithfulness.md", "training_curves.png"):
         assert expected in page
+
+
+def test_consistency_table_one_row_per_model(tmp_path):
+    path = tmp_path / "consistency.json"
+    write_json(path, {"model": "distil", "n_judged": 3, "n_malformed": 1, "n_unconfirmed": 2,
+                      "means": {"judge_consistency": 0.6, "by_languages": {"en-es": 0.7, "en-ru": 0.4}}})
+    table = report.consistency_markdown([path])
+    assert "| distil | 3 | 60.00 | 1 | en-es 70.0, en-ru 40.0 | 2 |" in table
+    assert report.consistency_markdown([]) == ""
+    write_json(path, {"model": "distil"})
+    with pytest.raises(ClinsumError, match="not a consistency file"):
+        report.consistency_markdown([path])

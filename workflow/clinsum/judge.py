@@ -4,17 +4,23 @@ For every prediction that has a reference (the documents Table 4 scores), the co
 asked, through the same generation backends as the teacher (vLLM or transformers), for a JSON object:
 
     {"faithfulness": 0-1, "completeness": {"patient": 0-1, "diagnosis": 0-1, "intervention": 0-1,
-     "outcome": 0-1, "follow_up": 0-1}}
+     "outcome": 0-1, "follow_up": 0-1}, "fluency": 0-1}
 
 faithfulness: every statement of the summary is supported by the report; completeness: how well the
 summary covers each CARE item of the report (CARE: the case-report guideline's patient information,
-diagnosis, intervention, outcome, follow-up). The answer is parsed strictly (`parse_judgement`): one JSON
-object, optionally in one ```json fence, with exactly these keys and numbers in [0, 1]. A malformed answer
-is asked again once, with the reason appended to the prompt (greedy decoding would repeat the same
-answer to the same prompt); a second malformed answer is counted as malformed, never guessed.
+diagnosis, intervention, outcome, follow-up); fluency: well-formed clinical prose in the report's language.
+The answer is parsed strictly (`parse_judgement`): one JSON object, optionally in one ```json fence, with
+exactly these keys and numbers in [0, 1]. A malformed answer is asked again once, with the reason appended
+to the prompt (greedy decoding would repeat the same answer to the same prompt); a second malformed answer
+is counted as malformed, never guessed.
 
 Writes `results/judge/{model}/{lang}.json`: per document the scores (judge_faithfulness,
-judge_completeness = mean of the CARE items) or the malformed answer and why, counts and means.
+judge_completeness = mean of the CARE items, judge_fluency) or the malformed answer and why, counts and means.
+
+`clinsum judge-consistency` scores MultiClinSum-2's fourth criterion, consistency across languages, where the
+corpus holds the same case in several languages (`paired_cases`): one model's summaries of one case in two
+languages, asked {"consistency": 0-1} (the same clinical facts in both), with the same strict parsing and retry;
+it writes `results/judge/{model}/consistency.json`.
 """
 
 from __future__ import annotations
@@ -26,14 +32,15 @@ import re
 from pathlib import Path
 
 from .chat import build_messages, encode_prompt
-from .io import ClinsumError, write_json
+from .io import ClinsumError, pairs_option, write_json
+from .languages import language_name
 from .predictions import load_predictions, load_sources
 from .settings import parse_settings
 
 log = logging.getLogger(__name__)
 
 CARE_ITEMS = ("patient", "diagnosis", "intervention", "outcome", "follow_up")
-SCORE_KEYS = ("judge_faithfulness", "judge_completeness")
+SCORE_KEYS = ("judge_faithfulness", "judge_completeness", "judge_fluency")
 _FENCE = re.compile(r"^```(?:json)?[ \t]*\n(.*)\n[ \t]*```$", re.DOTALL)
 ANSWER_KEPT = 1000  # characters of a malformed answer kept in the output, to show what the judge said
 
@@ -77,6 +84,20 @@ def parse_judgement(text: str) -> dict:
     """{"judge_faithfulness", "judge_completeness", "completeness_items"} from a judge's answer, or
     MalformedAnswer. Nothing is repaired or guessed: surrounding prose, a second object, a missing or
     extra key, a string or out-of-range number all make the answer malformed."""
+    data = _json_object(text)
+    _exact_keys(data, ("faithfulness", "completeness", "fluency"), "the answer")
+    _exact_keys(data["completeness"], CARE_ITEMS, "completeness")
+    items = {item: _score(data["completeness"][item], f"completeness.{item}") for item in CARE_ITEMS}
+    return {
+        "judge_faithfulness": _score(data["faithfulness"], "faithfulness"),
+        "judge_completeness": sum(items.values()) / len(items),
+        "judge_fluency": _score(data["fluency"], "fluency"),
+        "completeness_items": items,
+    }
+
+
+def _json_object(text: str) -> dict:
+    """One JSON object from a judge's answer (one optional ```json fence), or MalformedAnswer."""
     body = text.strip()
     fence = _FENCE.match(body)
     if fence:
@@ -86,17 +107,16 @@ def parse_judgement(text: str) -> dict:
     if not (body.startswith("{") and body.endswith("}")):
         raise MalformedAnswer("the answer is not one JSON object (text around it or none at all)")
     try:
-        data = json.loads(body, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        return json.loads(body, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
     except json.JSONDecodeError as error:
         raise MalformedAnswer(f"invalid JSON ({error.msg} at character {error.pos})") from None
-    _exact_keys(data, ("faithfulness", "completeness"), "the answer")
-    _exact_keys(data["completeness"], CARE_ITEMS, "completeness")
-    items = {item: _score(data["completeness"][item], f"completeness.{item}") for item in CARE_ITEMS}
-    return {
-        "judge_faithfulness": _score(data["faithfulness"], "faithfulness"),
-        "judge_completeness": sum(items.values()) / len(items),
-        "completeness_items": items,
-    }
+
+
+def parse_consistency(text: str) -> dict:
+    """{"judge_consistency"} from a consistency answer {"consistency": 0-1}, or MalformedAnswer."""
+    data = _json_object(text)
+    _exact_keys(data, ("consistency",), "the answer")
+    return {"judge_consistency": _score(data["consistency"], "consistency")}
 
 
 # ---------------------------------------------------------------- prompts
@@ -146,14 +166,21 @@ def encode(tokenizer, prompts: dict, report: str, summary: str, max_input_tokens
 
 def judge_items(generator, tokenizer, items: list[dict], settings: dict) -> list[dict]:
     """Judge (id, report, summary) items: one pass, then one retry pass for the malformed answers."""
-    prompts = settings["prompts"]
+    prompts, budget = settings["prompts"], settings["max_input_tokens"]
+
+    def prompt(item, error):
+        return encode(tokenizer, prompts, item["report"], item["summary"], budget, error)
+
+    return ask(generator, items, settings, prompt, parse_judgement)
+
+
+def ask(generator, items: list[dict], settings: dict, prompt, parse) -> list[dict]:
+    """Each item's answer parsed with `parse`: one pass, then one retry pass, with the reason, for the malformed
+    answers; a second malformed answer is counted, never guessed. `prompt(item, error)` gives (ids, cropped)."""
     results = {item["id"]: {"id": item["id"], "attempts": 0, "input_truncated": False} for item in items}
     pending = [(item, None) for item in items]
     for attempt in (1, 2):
-        encoded = [
-            encode(tokenizer, prompts, item["report"], item["summary"], settings["max_input_tokens"], error)
-            for item, error in pending
-        ]
+        encoded = [prompt(item, error) for item, error in pending]
         completions = generator.generate(
             [ids for ids, _ in encoded], settings["max_new_tokens"], temperature=settings["temperature"]
         )
@@ -163,7 +190,7 @@ def judge_items(generator, tokenizer, items: list[dict], settings: dict) -> list
             result["attempts"] = attempt
             result["input_truncated"] = result["input_truncated"] or cropped
             try:
-                result.update(parse_judgement(completion.text), malformed=False, error=None)
+                result.update(parse(completion.text), malformed=False, error=None)
                 result.pop("answer", None)
             except MalformedAnswer as error:
                 result.update(malformed=True, error=str(error), answer=completion.text[:ANSWER_KEPT])
@@ -213,14 +240,7 @@ def judge_file(
     tokenizer = load_tokenizer(model_dir)
     documents = []
     if items:
-        from .generation import load_generator
-
-        def configured_generator(s, path):
-            return load_generator(
-                s["backend"], str(path), dtype=s["dtype"], batch_size=s["batch_size"], vllm=s.get("vllm")
-            )
-
-        with (make_generator or configured_generator)(settings, model_dir) as generator:
+        with (make_generator or _configured_generator)(settings, model_dir) as generator:
             documents = judge_items(generator, tokenizer, items, settings)
     output = {
         "model": model,
@@ -238,6 +258,128 @@ def judge_file(
     return output
 
 
+# ---------------------------------------------------------------- consistency across languages
+
+# A case's id in each language: MultiClinSum-2's {set}_{n}_{lang} (multiclinsum2_test_12_ca) and the first
+# edition's {set}_{lang}_{n} (multiclinsum_gs_ca_12); the case is the id without its language.
+CASE_IDS = (re.compile(r"^(?P<stem>.+)_(?P<n>\d+)_(?P<lang>[a-z]{2})$"), re.compile(r"^(?P<stem>.+)_(?P<lang>[a-z]{2})_(?P<n>\d+)$"))
+# The same number in an id is a candidate; the reports must then share their numbers (a translation keeps
+# them): at least this many distinct digit runs, and this share of the two reports' digit runs together.
+MIN_SHARED_NUMBERS = 3
+MIN_NUMBER_OVERLAP = 0.5
+
+
+def case_of(doc_id: str, lang: str) -> str | None:
+    """The case an id names in a language (its id with the language taken out), or None."""
+    for pattern in CASE_IDS:
+        match = pattern.match(doc_id)
+        if match and match["lang"] == lang:
+            return f"{match['stem']}_{match['n']}"
+    return None
+
+
+def digit_runs(text: str) -> set[str]:
+    return set(re.findall(r"\d+", text))
+
+
+def paired_cases(documents: dict[str, dict[str, dict]], languages: list[str]) -> tuple[list[dict], list[dict]]:
+    """(confirmed pairs, unconfirmed candidates). `documents`: lang -> id -> {"report", "summary"}. A case in two
+    or more languages is paired from the first of `languages` it has (the pivot) to each other; a pair counts
+    only when the two reports share their numbers (MIN_SHARED_NUMBERS, MIN_NUMBER_OVERLAP), so that two
+    different cases that happen to share a number are never compared."""
+    cases: dict[str, dict[str, str]] = {}
+    for lang in languages:
+        for doc_id in documents.get(lang, {}):
+            case = case_of(doc_id, lang)
+            if case is not None:
+                cases.setdefault(case, {})[lang] = doc_id
+    confirmed, unconfirmed = [], []
+    for case, ids in sorted(cases.items()):
+        pivot, *others = [lang for lang in languages if lang in ids]
+        for other in others:
+            a, b = (digit_runs(documents[lang][ids[lang]]["report"]) for lang in (pivot, other))
+            shared, union = len(a & b), len(a | b)
+            pair = {"id": f"{case}:{pivot}-{other}", "case": case, "langs": [pivot, other],
+                    "ids": [ids[pivot], ids[other]], "numbers_shared": shared,
+                    "number_overlap": round(shared / union, 4) if union else 0.0}
+            ok = shared >= MIN_SHARED_NUMBERS and pair["number_overlap"] >= MIN_NUMBER_OVERLAP
+            (confirmed if ok else unconfirmed).append(pair)
+    return confirmed, unconfirmed
+
+
+def consistency_prompt(tokenizer, prompts: dict, pair: dict, summaries: list[str], budget: int, error: str | None):
+    """(prompt ids, cropped): the two summaries in the consistency prompt, each cut to half the room left when
+    the prompt is too long."""
+    def ids_for(texts: list[str]) -> list[int]:
+        text = prompts["consistency"]
+        for (lang, summary), slot in zip(zip(pair["langs"], texts), ("a", "b")):
+            text = text.replace(f"{{lang_{slot}}}", language_name(lang)).replace(f"{{summary_{slot}}}", summary)
+        if error is not None:
+            text += "\n\n" + prompts["retry"].replace("{error}", error)
+        return encode_prompt(tokenizer, build_messages(prompts["system"], text))
+
+    ids = ids_for(summaries)
+    if len(ids) <= budget:
+        return ids, False
+    room = (budget - len(ids_for(["", ""]))) // 2
+    if room <= 0:
+        raise ClinsumError(f"judge.max_input_tokens={budget} leaves no room for two summaries in the consistency prompt")
+    cut = [tokenizer.decode(tokenizer(s, add_special_tokens=False)["input_ids"][:room], skip_special_tokens=True)
+           for s in summaries]
+    return ids_for(cut), True
+
+
+def judge_consistency(predictions: dict[str, str], corpus: dict[str, str], model_dir, settings: dict, out_path,
+                      model: str, make_generator=None) -> dict:
+    """Judge one model's summaries of the cases the corpus holds in several languages; write and return the result."""
+    required(settings, ("backend", "dtype", "batch_size", "max_input_tokens", "max_new_tokens", "temperature", "prompts"))
+    if "consistency" not in settings["prompts"]:
+        raise ClinsumError("judge.prompts.consistency is missing (the config schema's default sets it)")
+    languages = list(predictions)
+    documents = {}
+    for lang in languages:
+        records = load_predictions(predictions[lang], lang)
+        reports = load_sources(corpus[lang], [r["id"] for r in records])
+        documents[lang] = {r["id"]: {"report": reports[r["id"]], "summary": r["prediction"]} for r in records}
+    pairs, unconfirmed = paired_cases(documents, languages)
+    results = []
+    if pairs:
+        from .model_files import load_tokenizer
+
+        tokenizer = load_tokenizer(model_dir)
+        summaries = {p["id"]: [documents[lang][doc_id]["summary"] for lang, doc_id in zip(p["langs"], p["ids"])] for p in pairs}
+
+        def prompt(pair, error):
+            return consistency_prompt(tokenizer, settings["prompts"], pair, summaries[pair["id"]], settings["max_input_tokens"], error)
+
+        with (make_generator or _configured_generator)(settings, model_dir) as generator:
+            results = [{**pair, **answer} for pair, answer in zip(pairs, ask(generator, pairs, settings, prompt, parse_consistency))]
+    output = {"model": model, "languages": languages, **consistency_summary(results, unconfirmed), "pairs": results,
+              "unconfirmed": unconfirmed}
+    write_json(out_path, output)
+    log.info("%s: %d pairs judged for consistency (%d malformed), %d candidates not confirmed by their numbers; mean %s",
+             model, output["n_judged"], output["n_malformed"], len(unconfirmed), output["means"].get("judge_consistency"))
+    return output
+
+
+def consistency_summary(results: list[dict], unconfirmed: list[dict]) -> dict:
+    judged = [r for r in results if not r["malformed"]]
+    by_pair: dict[str, list[float]] = {}
+    for r in judged:
+        by_pair.setdefault("-".join(r["langs"]), []).append(r["judge_consistency"])
+    means = {"judge_consistency": sum(r["judge_consistency"] for r in judged) / len(judged)} if judged else {}
+    means["by_languages"] = {pair: sum(v) / len(v) for pair, v in sorted(by_pair.items())}
+    return {"n": len(results), "n_judged": len(judged), "n_malformed": len(results) - len(judged),
+            "n_unconfirmed": len(unconfirmed), "means": means}
+
+
+def _configured_generator(settings: dict, path):
+    from .generation import load_generator
+
+    return load_generator(settings["backend"], str(path), dtype=settings["dtype"], batch_size=settings["batch_size"],
+                          vllm=settings.get("vllm"))
+
+
 def _run(args) -> None:
     settings = parse_settings(args.settings)["judge"]
     if args.threads:
@@ -245,6 +387,16 @@ def _run(args) -> None:
 
         torch.set_num_threads(args.threads)
     judge_file(args.predictions, args.corpus, Path(args.model_dir), settings, args.out, args.model, args.lang)
+
+
+def _run_consistency(args) -> None:
+    settings = parse_settings(args.settings)["judge"]
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    predictions, corpus = pairs_option(args.predictions, "--predictions"), pairs_option(args.corpus, "--corpus")
+    judge_consistency(predictions, corpus, Path(args.model_dir), settings, args.out, args.model)
 
 
 def add_cli(subparsers) -> None:
@@ -264,3 +416,15 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out", required=True, help="results/judge/{model}/{lang}.json")
     parser.set_defaults(func=_run)
+
+    parser = subparsers.add_parser(
+        "judge-consistency", help="an LLM judge scores one model's summaries of the same case across languages"
+    )
+    parser.add_argument("--predictions", nargs="+", required=True, help="LANG=results/predictions/{model}/{lang}.jsonl")
+    parser.add_argument("--corpus", nargs="+", required=True, help="LANG=results/corpus/{lang}.jsonl")
+    parser.add_argument("--model-dir", required=True, help="local directory of the judge model")
+    parser.add_argument("--model", required=True, help="the summarizing model's name (base or a variant)")
+    parser.add_argument("--settings", required=True, help='JSON: {"judge": <the config\'s judge section>}')
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--out", required=True, help="results/judge/{model}/consistency.json")
+    parser.set_defaults(func=_run_consistency)

@@ -1,5 +1,6 @@
 # The LLM judge (off by default; config judge.enabled): the judge model scores each scored test summary
-# against its report on faithfulness and CARE-item completeness, through the teacher's generation backends.
+# against its report on faithfulness, CARE-item completeness and fluency, through the teacher's generation
+# backends; judge_consistency scores one model's summaries of the same case across languages.
 
 
 rule judge:
@@ -25,8 +26,39 @@ rule judge:
     params:
         python=stage_python("judge"),
         # a function: the prompts' {report}, {summary} and {error} are not wildcards
-        settings=lambda wildcards: as_json(judge_settings()),
+        settings=lambda wildcards: as_json(judge_settings("consistency")),
     shell:
         "{params.python:q} -m clinsum judge --predictions {input.predictions:q} --corpus {input.corpus:q}"
         " --model-dir {input.model:q} --model {wildcards.model} --lang {wildcards.lang}"
         " --settings {params.settings:q} --threads {threads} --out {output:q} > {log:q} 2>&1"
+
+
+rule judge_consistency:
+    input:
+        predictions=expand("results/predictions/{{model}}/{lang}.jsonl", lang=LANGS),
+        corpus=expand("results/corpus/{lang}.jsonl", lang=LANGS),
+        model=judge_model_input,
+        code=code("judge"),
+    output:
+        "results/judge/{model}/consistency.json",
+    log:
+        "results/logs/judge/{model}/consistency.log",
+    wildcard_constraints:
+        model="|".join(map(re.escape, EVAL_MODELS)),
+    conda:
+        "../../envs/teacher.yaml"
+    threads: rule_resources("judge", "cpus", 2)
+    resources:
+        **JUDGE_GPU_MODEL,
+        gpu=rule_resources("judge", "gpu", 1),
+        mem_mb=rule_resources("judge", "mem_mb", 16000),
+        runtime=rule_resources("judge", "runtime", 240),
+    params:
+        python=stage_python("judge"),
+        settings=lambda wildcards: as_json(judge_settings("user")),
+        predictions=submission_predictions,
+        corpus=submission_corpus,
+    shell:
+        "{params.python:q} -m clinsum judge-consistency --predictions {params.predictions} --corpus {params.corpus}"
+        " --model-dir {input.model:q} --model {wildcards.model} --settings {params.settings:q}"
+        " --threads {threads} --out {output:q} > {log:q} 2>&1"
