@@ -146,9 +146,10 @@ def judge_json(model, lang, ids, faithfulness, completeness, malformed=()):
         else:
             documents.append({"id": doc_id, "attempts": 1, "input_truncated": False, "malformed": False, "error": None,
                               "judge_faithfulness": faithfulness[i], "judge_completeness": completeness[i],
-                              "completeness_items": {}})
+                              "judge_fluency": 0.9, "completeness_items": {}})
     judged = [d for d in documents if not d["malformed"]]
-    means = {key: float(np.mean([d[key] for d in judged])) for key in ("judge_faithfulness", "judge_completeness")}
+    means = {key: float(np.mean([d[key] for d in judged]))
+             for key in ("judge_faithfulness", "judge_completeness", "judge_fluency")}
     return {"model": model, "lang": lang, "n": len(ids), "n_judged": len(judged), "n_malformed": len(malformed),
             "n_retried": len(malformed), "n_input_truncated": 0, "means": means, "documents": documents}
 
@@ -242,16 +243,16 @@ def test_faithfulness_table_with_judge_scores(built_report):
     rows = table_rows((out / "faithfulness.md").read_text())
     assert rows[0] == [
         "Language", "Model", "n", "numbers per summary", "unsupported numbers (%)", "unsupported numbers per summary",
-        "novel bigrams (%)", "compression (% of report)", "judge faithfulness", "judge completeness", "degenerate",
-        "judge: malformed answers",
+        "novel bigrams (%)", "compression (% of report)", "judge faithfulness", "judge completeness", "judge fluency",
+        "degenerate", "judge: malformed answers",
     ]
     by_model = {(row[0], row[1]): row for row in rows[1:]}
     # distil: 3 unsupported of 4 numbers = 75%, 1.5 per summary
     assert by_model[("Spanish", "distil")][3:8] == ["2.00", "75.00", "1.50", "10.00", "20.00"]
     assert by_model[("English", "base")][4] == "25.00"
     # the judge's means are over its well-formed answers: distil/es has one malformed, which is counted
-    assert by_model[("Spanish", "distil")][8:] == ["90.00", "80.00", "1 of 2: loop 1", "1 of 2"]
-    assert by_model[("English", "standard")][8:] == ["75.00", "65.00", "0 of 2", "0 of 2"]
+    assert by_model[("Spanish", "distil")][8:] == ["90.00", "80.00", "90.00", "1 of 2: loop 1", "1 of 2"]
+    assert by_model[("English", "standard")][8:] == ["75.00", "65.00", "90.00", "0 of 2", "0 of 2"]
     with open(out / "faithfulness.csv") as handle:
         csv_rows = list(csv.DictReader(handle))
     assert float(csv_rows[-1]["unsupported_number_rate"]) == pytest.approx(75.0)
@@ -272,15 +273,15 @@ def test_bootstrap_outputs(built_report):
     with open(out / "bootstrap.csv") as handle:
         rows = list(csv.DictReader(handle))
     metrics = [key for key, _, _ in report.BOOTSTRAP_METRICS]
-    assert len(metrics) == 9  # 3 scores, 4 faithfulness measures, 2 judge scores
-    # (2 languages + both pooled) x 3 comparisons x 9 metrics.
-    assert len(rows) == 81
-    assert [r["lang"] for r in rows[::27]] == ["en", "es", "all"]
-    assert [r["metric"] for r in rows[:9]] == metrics
+    assert len(metrics) == 10  # 3 scores, 4 faithfulness measures, 3 judge scores
+    # (2 languages + both pooled) x 3 comparisons x 10 metrics.
+    assert len(rows) == 90
+    assert [r["lang"] for r in rows[::30]] == ["en", "es", "all"]
+    assert [r["metric"] for r in rows[:10]] == metrics
     assert {(r["model"], r["reference"]) for r in rows} == {("distil", "standard"), ("standard", "base"), ("distil", "base")}
     # Pooled rows hold every language's documents; their mean difference is the document-weighted mean.
-    for pooled in rows[54:]:
-        parts = [r for r in rows[:54] if (r["model"], r["reference"], r["metric"]) == (pooled["model"], pooled["reference"], pooled["metric"])]
+    for pooled in rows[60:]:
+        parts = [r for r in rows[:60] if (r["model"], r["reference"], r["metric"]) == (pooled["model"], pooled["reference"], pooled["metric"])]
         assert int(pooled["n"]) == sum(int(r["n"]) for r in parts)
         assert float(pooled["diff"]) == pytest.approx(sum(float(r["diff"]) * int(r["n"]) for r in parts) / int(pooled["n"]), abs=1e-3)
     # Identical per-document ROUGE-L (0.5 everywhere): a point interval at 0.

@@ -26,10 +26,10 @@ from .io import ClinsumError, read_jsonl
 from .records import SPLITS, load_documents, read_split
 from .settings import merge, parse_config
 from .split import split_sizes
+from .variants import variant as variant_entry
 
 log = logging.getLogger(__name__)
 
-SEQUENCES = {"standard": 1, "distil": 2, "distil_kl": 2}  # a document's sequences per variant
 
 
 def load_config(configfiles: list[str | Path], base: str | Path | None) -> dict:
@@ -58,7 +58,7 @@ def tokens_per_document(train_jsonl: Path, variant: str) -> list[int] | None:
     """Each training document's tokens (prompt + answer of its sequences) for a variant, from crop's output."""
     if not train_jsonl.is_file():
         return None
-    tasks = {"summarize"} if variant == "standard" else {"summarize", "extract"}
+    tasks = set(variant_entry(variant).tasks)
     totals: dict[tuple[str, str], int] = {}
     for record in read_jsonl(train_jsonl):
         if record["task"] in tasks:
@@ -80,7 +80,8 @@ def variant_rows(config: dict, documents: int, train_jsonl: Path) -> list[dict]:
             row["tokens_per_step"] = round(row["documents_per_step"] * sum(per_document) / len(per_document))
             row["tokens_per_step_source"] = f"mean, {train_jsonl}"
         else:
-            row["tokens_per_step"] = row["documents_per_step"] * SEQUENCES[variant] * (crop["prompt_tokens"] + crop["answer_tokens"])
+            sequences = len(variant_entry(variant).tasks)
+            row["tokens_per_step"] = row["documents_per_step"] * sequences * (crop["prompt_tokens"] + crop["answer_tokens"])
             row["tokens_per_step_source"] = "at most, by the crop budgets"
         rows.append(row)
     return rows

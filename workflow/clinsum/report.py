@@ -26,6 +26,7 @@ from pathlib import Path
 from .fidelity import mode as fidelity_mode
 from .io import ClinsumError, atomic_path, pairs_option, read_json
 from .languages import language_name
+from .variants import variant
 from .settings import parse_settings
 from .trainlog import plot_curves, read_log
 
@@ -122,6 +123,8 @@ def merge_judgements(evals: dict, paths: list[str | Path]) -> None:
         for doc in documents:
             verdict_doc = judged[doc["id"]]
             for key in ("judge_faithfulness", "judge_completeness", "judge_fluency"):
+                if not verdict_doc["malformed"] and key not in verdict_doc:
+                    raise ClinsumError(f"{path}: a judge file of an earlier version (no {key}): rerun the judge")
                 doc[key] = None if verdict_doc["malformed"] else verdict_doc[key]
         evals[pair]["judge"] = {key: data[key] for key in ("n", "n_judged", "n_malformed", "n_retried") if key in data}
         evals[pair]["means"].update(data["means"])
@@ -410,11 +413,12 @@ def paired_bootstrap(a: list[float], b: list[float], samples: int, seed: int) ->
 
 
 def comparisons(models: list[str]) -> list[tuple[str, str]]:
-    """(variant, reference) pairs: each other variant against standard, then each variant against base."""
+    """(variant, reference) pairs: each variant against the one its table entry compares it with (distil against
+    standard), when trained, then each variant against base."""
     variants = [model for model in models if model != "base"]
-    pairs = [(variant, "standard") for variant in variants if variant != "standard" and "standard" in variants]
+    pairs = [(name, variant(name).compare_with) for name in variants if variant(name).compare_with in variants]
     if "base" in models:
-        pairs += [(variant, "base") for variant in variants]
+        pairs += [(name, "base") for name in variants]
     return pairs
 
 

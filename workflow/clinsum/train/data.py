@@ -11,8 +11,8 @@ from .. import model_files
 from ..chat import build_messages, encode_example, encode_prompt, named_template
 from ..io import ClinsumError, fingerprint, read_jsonl
 from ..losses import TASK_ID, teacher_answer_ids
+from ..variants import variant as variant_entry
 
-TASKS_OF = {"standard": ("summarize",), "distil": ("summarize", "extract"), "distil_kl": ("summarize", "extract")}
 PROBE_TEXT = "Paciente de 45 años, diagnóstico: neumonía; résumé clinique — 3.5 mg/kg, IL-6 ↑. Résultats normaux."
 
 
@@ -35,11 +35,11 @@ def validate_records(path: Path, variant: str) -> dict:
         messages = record["messages"]
         if not isinstance(messages, list) or not messages or messages[-1].get("role") != "assistant":
             raise ClinsumError(f"{where}: messages must end with the assistant turn")
-        if record["task"] not in TASKS_OF[variant]:
+        if record["task"] not in variant_entry(variant).tasks:
             continue
-        if variant == "distil_kl" and record["task"] == "extract" and not record.get("teacher_token_ids"):
+        if variant_entry(variant).teacher_topk and record["task"] == "extract" and not record.get("teacher_token_ids"):
             raise ClinsumError(
-                f"{where}: no teacher_token_ids; distil_kl needs the teacher's generated ids "
+                f"{where}: no teacher_token_ids; {variant} needs the teacher's generated ids "
                 "(run the teacher with top_logprobs > 0 and crop again)"
             )
         count += 1
@@ -52,7 +52,7 @@ def validate_records(path: Path, variant: str) -> dict:
 def _raw_records(path: str, signature: str, variant: str):
     """The fields training needs; `signature` only keys the datasets cache to the file's version."""
     for record in read_jsonl(path):
-        if record["task"] in TASKS_OF[variant]:
+        if record["task"] in variant_entry(variant).tasks:
             yield {
                 "id": str(record["id"]),
                 "lang": record["lang"],
@@ -77,7 +77,7 @@ def _tokenize(batch: dict, tokenizer_dir: str, tokenizer_signature: str, variant
         except (ValueError, ClinsumError) as error:
             raise ClinsumError(f"{source}: document {doc_id} ({task}): {error}") from None
         kl_rows = 0
-        if variant == "distil_kl" and task == "extract":
+        if variant_entry(variant).teacher_topk and task == "extract":
             if template_name not in end_of_turn:
                 end_of_turn[template_name] = encode_example(tokenizer, build_messages("x", "x", ""), template)[1]
             answer_ids, kl_rows = teacher_answer_ids(teacher_ids, end_of_turn[template_name], special, answer_budget)

@@ -28,6 +28,7 @@ from ..io import ClinsumError, exclusive_lock
 from ..losses import batch_loss, label_totals
 from ..topk import TeacherTopk
 from ..trainlog import plot_curves, write_log
+from ..variants import variant
 from . import checkpoint, data, evaluation
 from .settings import TrainSettings
 
@@ -247,13 +248,14 @@ def start(train_path, valid_path, model_dir, settings, out_dir, checkpoint_dir, 
                scaler, progress, progress.step)
 
 
-def check_distil_kl_inputs(variant, model_dir, teacher_topk, teacher_model) -> TeacherTopk | None:
-    if variant != "distil_kl":
+def check_distil_kl_inputs(name, model_dir, teacher_topk, teacher_model) -> TeacherTopk | None:
+    """The teacher's top-k rows, for a variant that learns from them (after checking the tokenizers agree)."""
+    if not variant(name).teacher_topk:
         return None
     if not teacher_topk:
-        raise ClinsumError("distil_kl needs the teacher's top-k files (--teacher-topk)")
+        raise ClinsumError(f"{name} needs the teacher's top-k files (--teacher-topk)")
     if teacher_model is None:
-        raise ClinsumError("distil_kl needs the teacher model directory (--teacher-model) to check the tokenizer")
+        raise ClinsumError(f"{name} needs the teacher model directory (--teacher-model) to check the tokenizer")
     data.check_tokenizer_compatible(model_dir, teacher_model)
     return TeacherTopk(teacher_topk)
 

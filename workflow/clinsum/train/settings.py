@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 from ..io import ClinsumError
 from ..settings import parse_settings
-
-VARIANTS = ("standard", "distil", "distil_kl")
+from ..variants import VARIANTS, variant
 
 
 @dataclass(frozen=True)
@@ -39,16 +38,17 @@ class TrainSettings:
     select_stemmer: bool
 
     @classmethod
-    def from_section(cls, section: dict, variant: str, source: str = "--settings") -> "TrainSettings":
+    def from_section(cls, section: dict, name: str, source: str = "--settings") -> "TrainSettings":
         """From the config's train section (defaults filled in by the schema); `documents_per_step` is the
         per-variant mapping, of which the variant takes its own value."""
-        if variant not in VARIANTS:
-            raise ClinsumError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        variant(name)  # a known variant, or an error naming the known ones
         train = parse_settings({"train": section}, source)["train"]
+        if name not in train["documents_per_step"]:
+            raise ClinsumError(f"{source}: train.documents_per_step has no value for the variant {name}")
         return cls(
-            variant=variant,
+            variant=name,
             **{key: train[key] for key in cls._plain_keys()},
-            documents_per_step=train["documents_per_step"][variant],
+            documents_per_step=train["documents_per_step"][name],
             kl_beta=train["kl"]["beta"],
             kl_temperature=train["kl"]["temperature"],
             select_metric=train["selection"]["metric"],
@@ -61,9 +61,5 @@ class TrainSettings:
         return [name for name in cls.__dataclass_fields__ if name not in nested]
 
     def loss_weights(self) -> tuple[float, float]:
-        """(γ, β): standard trains the summary loss alone (γ = 1); β, the KL term's weight, only for distil_kl."""
-        if self.variant == "standard":
-            return 1.0, 0.0
-        if self.variant == "distil":
-            return self.gamma, 0.0
-        return self.gamma, self.kl_beta
+        """(γ, β) of the dual loss, as the variant's table entry reads them (clinsum.variants)."""
+        return variant(self.variant).loss_weights(self.gamma, self.kl_beta)
