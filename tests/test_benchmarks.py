@@ -93,3 +93,41 @@ def test_rehearsal_stages_runs_every_stage_with_the_rehearsals_settings(tmp_path
     log = (work / "model" / "train_log.csv").read_text().splitlines()
     assert len(log) == 1 + 1
 
+
+
+def test_faithfulness_check_plants_each_fault_and_compares_two_checkers(tmp_path):
+    """At toy size: two summaries (the 2024 layout and MultiClinSum-2's), every fault planted in each, a
+    stand-in 'before' checker that flags nothing, and the current checker."""
+    corpus = tmp_path / "corpus"
+    (corpus / "summaries").mkdir(parents=True)
+    (corpus / "fulltext").mkdir()
+    (corpus / "es").mkdir()
+    (corpus / "summaries" / "multiclinsum_gs_en_1_sum.txt").write_text(
+        "A 62-year-old man received amoxicillin 500 mg for 7 days; CRP 85 mg/L.")
+    (corpus / "fulltext" / "multiclinsum_gs_en_1.txt").write_text(
+        "A 62-year-old man with pneumonia received amoxicillin 500 mg for 7 days, then 250 mg for 3 days. "
+        "CRP was 85 mg/L on 12/03/2020.")
+    (corpus / "es" / "multiclinsum2_train_1_es_sum.txt").write_text(
+        "Varón de 58 años tratado con warfarina 2,5 mg durante 6 meses; INR 3,1.")
+    (corpus / "es" / "multiclinsum2_train_1_es.txt").write_text(
+        "Varón de 58 años. Warfarina 2,5 mg y después 5 mg durante 6 meses. INR 3,1 el 14 de mayo de 2021.")
+    before = tmp_path / "before.py"
+    before.write_text("def unsupported_numbers(summary, source):\n    return 0, []\n")
+    out = tmp_path / "check.json"
+    command = [sys.executable, str(REPO / "benchmarks" / "faithfulness_check.py"), "--corpus", str(corpus),
+               "--before-file", str(before), "--json", str(out)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "caught before" in run.stdout and "caught after" in run.stdout
+    report = json.loads(out.read_text())
+    assert report["summaries"] == 2 and report["languages"] == ["en", "es"]
+    faults = report["faults"]
+    for kind in ("unit swapped", "digit changed", "sign added", "decimal shifted", "date changed",
+                 "date, day from report", "unit moved"):
+        assert faults[kind]["planted"] == 2, kind
+        assert faults[kind]["caught"] == {"before": 0, "after": 2}, kind
+    # a value the report states elsewhere, in the same unit, is missed by design
+    assert faults["value from report"]["planted"] == 2 and faults["value from report"]["caught"]["after"] == 0
+    # the references are their reports' numbers: no false positive
+    untouched = report["untouched"]["after"]
+    assert untouched["numbers"] == 8 and untouched["flagged"] == 0

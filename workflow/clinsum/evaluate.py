@@ -116,7 +116,9 @@ def evaluate_records(
     unscored = [record["id"] for record in records if record["reference"] is None]
     score_rows = score_documents(scored, settings, bertscore_dir, device)
     faith_rows = [
-        faithfulness.document_faithfulness(record["prediction"], sources[record["id"]], record.get("finish_reason"))
+        faithfulness.document_faithfulness(
+            record["prediction"], sources[record["id"]], record.get("finish_reason"), lang=record.get("lang")
+        )
         for record in scored
     ]
     documents = [{**score_row, **faith_row} for score_row, faith_row in zip(score_rows, faith_rows)]
