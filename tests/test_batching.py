@@ -7,7 +7,8 @@ import random
 import pytest
 
 from clinsum.batching import collate, length_grouped_batches, padded_tokens
-from clinsum.batching import epoch_seed, training_plan
+from clinsum.batching import epoch_seed
+from clinsum.steps import training_plan
 
 
 def _lengths(n=1000, seed=0):
@@ -116,7 +117,8 @@ def test_document_units_stay_together_and_batches_mix_tasks():
 
 @pytest.mark.parametrize("per_step", [1, 2, 7])
 def test_document_steps_take_whole_documents_per_step(per_step):
-    from clinsum.batching import document_steps, steps_per_epoch
+    from clinsum.batching import document_steps
+    from clinsum.steps import steps_per_epoch
 
     lengths = _lengths(203, seed=6)
     steps = document_steps(lengths, per_step, seed=epoch_seed(42, 0), pool_steps=8)

@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from clinsum import fidelity
-from clinsum.batching import collate, is_evaluation_step, optimizer_plan
+from clinsum.batching import collate
+from clinsum.steps import is_evaluation_step, step_plan
 from clinsum.chat import build_messages, example_ids, prompt_ids
 from clinsum.cli import main
 from clinsum.crop import crop_corpus
@@ -186,9 +187,9 @@ def test_eval_last_step_off_evaluates_as_transformers_trainer():
     assert is_evaluation_step(5676, 5676, 250, eval_last_step=True, evaluated=True)
     # a run shorter than eval_every still ends with one evaluation (its only checkpoint)
     assert is_evaluation_step(9, 9, 250, eval_last_step=False, evaluated=False)
-    assert optimizer_plan(1892, 1, 3, 250, 0.03, eval_last_step=False)["evaluations"] == 22
-    assert optimizer_plan(1892, 1, 3, 250, 0.03)["evaluations"] == 23
-    assert optimizer_plan(5, 1, 1, 250, 0.03, eval_last_step=False)["evaluations"] == 1
+    assert len(step_plan(1892, 1, 3, 250, 0.03, eval_last_step=False).evaluation_steps) == 22
+    assert len(step_plan(1892, 1, 3, 250, 0.03).evaluation_steps) == 23
+    assert len(step_plan(5, 1, 1, 250, 0.03, eval_last_step=False).evaluation_steps) == 1
 
 
 # ---------------------------------------------------------------- the plan, the mode, the docs

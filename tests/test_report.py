@@ -440,7 +440,7 @@ include: "workflow/rules/evaluate.smk"
 
 rule all:
     input:
-        evaluation_targets(),
+        R.evaluation_targets(),
     default_target: True
 """
 
@@ -512,7 +512,8 @@ def test_rules_run_report_and_rerun_only_what_a_setting_touches(tmp_path):
     workflow_config(tmp_path, bertscore={"model": "all-minilm-l6-v2", "num_layers": 5, "batch_size": 8})
     assert planned_jobs(snakemake(tmp_path, "-n")) == {"evaluate": 2, "report": 1, "all": 1}
     workflow_config(tmp_path, protocol="multiclinsum2026")
-    assert planned_jobs(snakemake(tmp_path, "-n")) == {"evaluate": 2, "report": 1, "all": 1}
+    # and the submission: its format follows the protocol (MultiClinSum-2's files)
+    assert planned_jobs(snakemake(tmp_path, "-n")) == {"evaluate": 2, "report": 1, "submission": 2, "all": 1}
 
     workflow_config(tmp_path)
     snakemake(tmp_path, "--report", "report.html")

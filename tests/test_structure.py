@@ -148,3 +148,18 @@ def test_the_defaults_check_finds_a_restated_default(tmp_path, monkeypatch):
                                        "_planted_default.py:1 a dict of defaults: backend, batch_size"]
     finally:
         planted.unlink()
+
+
+def test_a_command_imports_no_model_library_until_it_runs():
+    """`clinsum <command> --help` (and the parser the rules start with) imports the command's module alone, and no
+    module imports torch, transformers, vLLM or datasets at its top: a stage imports them when it runs."""
+    import subprocess
+
+    for command, module in COMMANDS.items():
+        loaded = subprocess.run(
+            [sys.executable, "-c", f"import sys; from clinsum.cli import build_parser; build_parser({command!r}); "
+             "print(' '.join(sorted(sys.modules)))"],
+            capture_output=True, text=True, check=True, env={"PYTHONPATH": str(REPO / "workflow")},
+        ).stdout.split()
+        heavy = sorted({"torch", "transformers", "vllm", "datasets", "bert_score"} & set(loaded))
+        assert heavy == [], f"clinsum {command} imports {heavy} before it runs"

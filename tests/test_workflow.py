@@ -169,7 +169,7 @@ def test_stage_code_change_reruns_that_stage_and_what_follows(tiny_run):
 RULE_MODULES = {
     "ingest": "ingest", "split": "split", "build_model": "models", "teacher": "teacher", "teacher_gather": "teacher",
     "teacher_summary": "teacher", "crop": "crop", "train": "train", "infer": "infer", "evaluate": "evaluate",
-    "report": "report", "submission": "report",
+    "report": "report", "submission": "submission",
 }
 
 

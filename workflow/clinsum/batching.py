@@ -17,7 +17,6 @@ the budget forms a micro-batch of its own.
 
 from __future__ import annotations
 
-import math
 import random
 from typing import Sequence
 
@@ -112,52 +111,6 @@ def micro_batches(rows: Sequence[int], lengths: Sequence[int], tokens_per_batch:
 
 def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
-
-
-def steps_per_epoch(documents: int, documents_per_step: int) -> int:
-    """Optimizer steps in one pass over `documents` (the last step may be short): what document_steps makes."""
-    return math.ceil(documents / documents_per_step)
-
-
-def training_plan(steps_in_epochs: list[int], epochs: float) -> list[int]:
-    """Steps to run in each epoch: whole epochs, then the fraction of the last one (at least 1)."""
-    plan = []
-    for epoch, n in enumerate(steps_in_epochs):
-        remaining = epochs - epoch
-        if remaining <= 0:
-            break
-        plan.append(n if remaining >= 1 else max(1, math.ceil(remaining * n)))
-    return plan
-
-
-def is_evaluation_step(step: int, total_steps: int, eval_every: int, eval_last_step: bool, evaluated: bool) -> bool:
-    """Whether the loop evaluates after `step`: every eval_every steps, and at the last step when eval_last_step
-    or when nothing was evaluated before (a run must end with a checkpoint to keep)."""
-    if step % eval_every == 0:
-        return True
-    return step == total_steps and (eval_last_step or not evaluated)
-
-
-def optimizer_plan(
-    documents: int, documents_per_step: int, epochs: float, eval_every: int, warmup_ratio: float,
-    eval_last_step: bool = True,
-) -> dict:
-    """Steps, evaluations and warm-up of one variant over `documents` training documents."""
-    if documents < 1:
-        raise ValueError("no training documents to plan for")
-    per_epoch = steps_per_epoch(documents, documents_per_step)
-    steps = sum(training_plan([per_epoch] * math.ceil(epochs), epochs))
-    evaluations = 0
-    for step in range(1, steps + 1):
-        evaluations += is_evaluation_step(step, steps, eval_every, eval_last_step, evaluations > 0)
-    return {
-        "documents": documents,
-        "documents_per_step": documents_per_step,
-        "steps_per_epoch": per_epoch,
-        "optimizer_steps": steps,
-        "evaluations": evaluations,
-        "warmup_steps": math.ceil(warmup_ratio * steps),
-    }
 
 
 def collate(examples: list[dict], pad_id: int, loss_on_prompt: bool = False) -> dict:

@@ -11,7 +11,7 @@ when they exist (`results/`); `--documents` gives the training document count wi
 
 `--pairs-per-language` (documents with a reference summary per language) gives each language's split sizes under
 the configured split method (exact for `paper_code`, expected for `hash`) and, without `--documents`, the
-training documents. The train rule logs the same numbers at its start (`batching.optimizer_plan` is the one
+training documents. The train rule logs the same numbers at its start (`clinsum.steps.step_plan` is the one
 computation of both).
 """
 
@@ -21,11 +21,11 @@ import json
 import logging
 from pathlib import Path
 
-from .batching import optimizer_plan
 from .io import ClinsumError, read_jsonl
 from .records import SPLITS, load_documents, read_split
 from .settings import merge, parse_config
 from .split import split_sizes
+from .steps import step_plan
 from .variants import variant as variant_entry
 
 log = logging.getLogger(__name__)
@@ -71,10 +71,10 @@ def variant_rows(config: dict, documents: int, train_jsonl: Path) -> list[dict]:
     train, crop = config["train"], config["crop"]
     rows = []
     for variant in train["variants"]:
-        row = {"variant": variant, **optimizer_plan(
+        row = {"variant": variant, **step_plan(
             documents, train["documents_per_step"][variant], train["epochs"], train["eval_every"], train["warmup_ratio"],
             train["eval_last_step"],
-        )}
+        ).as_row()}
         per_document = tokens_per_document(train_jsonl, variant)
         if per_document:
             row["tokens_per_step"] = round(row["documents_per_step"] * sum(per_document) / len(per_document))

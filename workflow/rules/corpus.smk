@@ -1,23 +1,23 @@
-if SYNTHETIC:
+if R.synthetic:
 
     rule synthetic_corpus:
         input:
-            sentences=SYNTHETIC["sentences"],
+            sentences=R.synthetic["sentences"],
             code=code("synthetic"),
         output:
-            directory(SYNTHETIC["path"]),
+            directory(R.synthetic["path"]),
         log:
             "results/logs/synthetic_corpus.log",
         conda:
             "../../envs/train.yaml"
         resources:
-            mem_mb=1000,
+            **R.job_resources("synthetic_corpus"),
         params:
             languages=" ".join(LANGS),
-            gold=SYNTHETIC["gold"],
-            test=SYNTHETIC["test"],
-            large_scale=SYNTHETIC["large_scale"],
-            seed=SYNTHETIC["seed"],
+            gold=R.synthetic["gold"],
+            test=R.synthetic["test"],
+            large_scale=R.synthetic["large_scale"],
+            seed=R.synthetic["seed"],
         shell:
             "python -m clinsum synthetic --sentences {input.sentences:q} --out {output:q} --languages {params.languages}"
             " --gold {params.gold} --test {params.test} --large-scale {params.large_scale} --seed {params.seed}"
@@ -38,7 +38,7 @@ rule ingest:
     conda:
         "../../envs/train.yaml"
     resources:
-        mem_mb=2000,
+        **R.job_resources("ingest"),
     params:
         sources=as_json(config["corpus"]["sources"]),
         # a function: the patterns' braces ({2}, {stem}) are not wildcards
@@ -63,7 +63,7 @@ rule split:
     conda:
         "../../envs/train.yaml"
     resources:
-        mem_mb=1000,
+        **R.job_resources("split"),
     params:
         train=config["split"]["train"],
         valid=config["split"]["valid"],
@@ -82,7 +82,7 @@ rule crop:
         unpack(crop_teacher_input),
         corpus=expand("results/corpus/{lang}.jsonl", lang=LANGS),
         split=expand("results/split/{lang}.json", lang=LANGS),
-        tokenizer=STUDENT,
+        tokenizer=R.student_dir,
         code=code("crop"),
     output:
         train="results/data/train.jsonl",
@@ -96,12 +96,11 @@ rule crop:
         "../../envs/train.yaml"
     # worker processes (crop.resources.cpus, capped by --cores): they also render the chat template, which
     # the tokenizer's own threads do not; the output does not depend on them
-    threads: rule_resources("crop", "cpus", 1)
+    threads: R.threads("crop")
     resources:
-        mem_mb=rule_resources("crop", "mem_mb", 4000),
-        runtime=rule_resources("crop", "runtime", 60),
+        **R.job_resources("crop"),
     params:
-        settings=as_json(crop_settings()),
+        settings=as_json(R.crop_settings()),
         languages=" ".join(LANGS),
         teacher=crop_teacher_option,
     shell:

@@ -9,14 +9,14 @@ rule evaluate:
     log:
         "results/logs/evaluate/{model}/{lang}.log",
     wildcard_constraints:
-        model="|".join(EVAL_MODELS),
+        model="|".join(map(re.escape, R.models)),
     conda:
         "../../envs/evaluate.yaml"
-    threads: 1
+    threads: R.threads("evaluate")
     resources:
-        mem_mb=rule_resources("evaluate", "mem_mb", 4000),
+        **R.job_resources("evaluate"),
     params:
-        settings=lambda wildcards: as_json(evaluate_settings(wildcards.lang)),
+        settings=lambda wildcards: as_json(R.evaluate_settings(wildcards.lang)),
     shell:
         "python -m clinsum evaluate --predictions {input.predictions:q} --corpus {input.corpus:q}"
         " --model {wildcards.model} --lang {wildcards.lang}"
@@ -27,9 +27,9 @@ rule evaluate:
 rule report:
     input:
         unpack(report_judge_inputs),
-        evals=expand("results/eval/{model}/{lang}.json", model=EVAL_MODELS, lang=LANGS),
+        evals=expand("results/eval/{model}/{lang}.json", model=R.models, lang=LANGS),
         manifest="results/corpus/manifest.json",
-        models=expand("results/models/{variant}", variant=config["train"]["variants"]),
+        models=expand("results/models/{variant}", variant=R.variants),
         code=code("report"),
     output:
         table_md=report(
@@ -84,9 +84,9 @@ rule report:
     conda:
         "../../envs/evaluate.yaml"
     resources:
-        mem_mb=2000,
+        **R.job_resources("report"),
     params:
-        settings=as_json(report_settings()),
+        settings=as_json(R.report_settings()),
         train_logs=report_train_logs,
         out_dir=lambda wildcards, output: str(Path(output.index).parent),
         judge=report_judge_option,
@@ -105,15 +105,15 @@ rule submission:
     log:
         "results/logs/submission/{model}.log",
     wildcard_constraints:
-        model="|".join(EVAL_MODELS),
+        model="|".join(map(re.escape, R.models)),
     conda:
         "../../envs/evaluate.yaml"
     resources:
-        mem_mb=1000,
+        **R.job_resources("submission"),
     params:
-        predictions=submission_predictions,
-        corpus=submission_corpus,
-        format=SUBMISSION_FORMAT,
+        predictions=language_predictions,
+        corpus=language_corpus,
+        format=R.submission_format,
         team=config["submission"]["team"],
     shell:
         "python -m clinsum submission --predictions {params.predictions} --corpus {params.corpus}"
@@ -123,7 +123,7 @@ rule submission:
 # MultiClinSum-2 allows three runs a team: submission.runs names the models sent as run1, run2, run3.
 rule submission_runs:
     input:
-        models=expand("results/submissions/{model}", model=SUBMISSION_RUNS),
+        models=expand("results/submissions/{model}", model=R.submission_runs),
         code=code("submission"),
     output:
         "results/submissions/{team}.zip",
@@ -134,7 +134,7 @@ rule submission_runs:
     conda:
         "../../envs/evaluate.yaml"
     resources:
-        mem_mb=1000,
+        **R.job_resources("submission_runs"),
     shell:
         "python -m clinsum submission-runs --runs {input.models:q} --team {wildcards.team:q}"
         " --out {output:q} > {log:q} 2>&1"

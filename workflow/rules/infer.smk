@@ -9,19 +9,16 @@ rule infer:
     log:
         "results/logs/infer/{model}/{lang}.log",
     wildcard_constraints:
-        model="|".join(map(re.escape, INFER_MODELS)),
+        model="|".join(map(re.escape, R.models)),
     conda:
         "../../envs/teacher.yaml"
-    threads: rule_resources("infer", "cpus", 2)
+    threads: R.threads("infer")
     resources:
-        **INFER_GPU_MODEL,
-        gpu=rule_resources("infer", "gpu", 1),
-        mem_mb=rule_resources("infer", "mem_mb", 16000),
-        runtime=rule_resources("infer", "runtime", 240),
+        **R.job_resources("infer"),
     params:
-        python=stage_python("infer"),
-        settings=as_json(infer_settings()),
-        instruction=lambda wildcards: summarize_prompt(wildcards.lang),
+        python=python("infer"),
+        settings=as_json(R.infer_settings()),
+        instruction=lambda wildcards: R.summarize_prompt(wildcards.lang),
         role=config["prompts"]["role"],
     shell:
         "{params.python:q} -m clinsum infer --model-dir {input.model:q} --corpus {input.corpus:q} --split {input.split:q}"

@@ -14,19 +14,16 @@ rule judge:
     log:
         "results/logs/judge/{model}/{lang}.log",
     wildcard_constraints:
-        model="|".join(map(re.escape, EVAL_MODELS)),
+        model="|".join(map(re.escape, R.models)),
     conda:
         "../../envs/teacher.yaml"
-    threads: rule_resources("judge", "cpus", 2)
+    threads: R.threads("judge")
     resources:
-        **JUDGE_GPU_MODEL,
-        gpu=rule_resources("judge", "gpu", 1),
-        mem_mb=rule_resources("judge", "mem_mb", 16000),
-        runtime=rule_resources("judge", "runtime", 240),
+        **R.job_resources("judge"),
     params:
-        python=stage_python("judge"),
+        python=python("judge"),
         # a function: the prompts' {report}, {summary} and {error} are not wildcards
-        settings=lambda wildcards: as_json(judge_settings("consistency")),
+        settings=lambda wildcards: as_json(R.judge_settings("consistency")),
     shell:
         "{params.python:q} -m clinsum judge --predictions {input.predictions:q} --corpus {input.corpus:q}"
         " --model-dir {input.model:q} --model {wildcards.model} --lang {wildcards.lang}"
@@ -44,20 +41,17 @@ rule judge_consistency:
     log:
         "results/logs/judge/{model}/consistency.log",
     wildcard_constraints:
-        model="|".join(map(re.escape, EVAL_MODELS)),
+        model="|".join(map(re.escape, R.models)),
     conda:
         "../../envs/teacher.yaml"
-    threads: rule_resources("judge", "cpus", 2)
+    threads: R.threads("judge")
     resources:
-        **JUDGE_GPU_MODEL,
-        gpu=rule_resources("judge", "gpu", 1),
-        mem_mb=rule_resources("judge", "mem_mb", 16000),
-        runtime=rule_resources("judge", "runtime", 240),
+        **R.job_resources("judge"),
     params:
-        python=stage_python("judge"),
-        settings=lambda wildcards: as_json(judge_settings("user")),
-        predictions=submission_predictions,
-        corpus=submission_corpus,
+        python=python("judge"),
+        settings=lambda wildcards: as_json(R.judge_settings("user")),
+        predictions=language_predictions,
+        corpus=language_corpus,
     shell:
         "{params.python:q} -m clinsum judge-consistency --predictions {params.predictions} --corpus {params.corpus}"
         " --model-dir {input.model:q} --model {wildcards.model} --settings {params.settings:q}"

@@ -7,11 +7,11 @@ rule build_model:
     log:
         "results/logs/models/{model}.log",
     wildcard_constraints:
-        model="|".join(map(re.escape, BUILT_MODELS)) or "(?!)",
+        model="|".join(map(re.escape, R.built_models)) or "(?!)",
     conda:
         "../../envs/train.yaml"
     resources:
-        mem_mb=4000,
+        **R.job_resources("build_model"),
     params:
         spec=model_spec,
         source=model_source_option,
@@ -27,7 +27,7 @@ rule download_model:
     conda:
         "../../envs/train.yaml"
     resources:
-        mem_mb=2000,
+        **R.job_resources("download_model"),
     params:
         repo_id=hub_repo_id,
         used_by=hub_model_users,

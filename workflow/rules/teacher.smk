@@ -7,7 +7,7 @@ rule teacher:
     input:
         corpus="results/corpus/{lang}.jsonl",
         split="results/split/{lang}.json",
-        model=TEACHER,
+        model=R.teacher_dir,
         code=code("teacher"),
     output:
         **teacher_shard_outputs(),
@@ -17,14 +17,12 @@ rule teacher:
         scatteritem=r"\d+-of-\d+",
     conda:
         "../../envs/teacher.yaml"
-    threads: rule_resources("teacher", "cpus", 2)
+    threads: R.threads("teacher")
     resources:
-        gpu=rule_resources("teacher", "gpu", 1),
-        mem_mb=rule_resources("teacher", "mem_mb", 16000),
-        runtime=rule_resources("teacher", "runtime", 240),
+        **R.job_resources("teacher"),
     params:
-        python=stage_python("teacher"),
-        settings=as_json(teacher_settings()),
+        python=python("teacher"),
+        settings=as_json(R.teacher_settings()),
         shard=shard_of_scatteritem,
         topk=teacher_topk_option,
     shell:
@@ -45,7 +43,7 @@ rule teacher_gather:
     conda:
         "../../envs/teacher.yaml"
     resources:
-        mem_mb=2000,
+        **R.job_resources("teacher_gather"),
     params:
         topk=gather_topk_options,
     shell:
@@ -64,6 +62,6 @@ rule teacher_summary:
     conda:
         "../../envs/teacher.yaml"
     resources:
-        mem_mb=1000,
+        **R.job_resources("teacher_summary"),
     shell:
         "python -m clinsum teacher summary --inputs {input.records:q} --out {output:q} > {log:q} 2>&1"

@@ -1,5 +1,5 @@
-# helpers (TRAIN_VARIANTS, TRAIN_GPU_MODEL, train_settings, train_inputs, train_kl_options) live in
-# common.smk
+# Stage 2: one job per training variant (clinsum.variants); its settings, inputs and resources come from the
+# resolved configuration (clinsum.resolve, through common.smk)
 
 
 rule train:
@@ -7,24 +7,21 @@ rule train:
         unpack(train_inputs),
         train="results/data/train.jsonl",
         valid="results/data/valid.jsonl",
-        student=STUDENT,
+        student=R.student_dir,
         code=code("train"),
     output:
         directory("results/models/{variant}"),
     log:
         "results/logs/train/{variant}.log",
     wildcard_constraints:
-        variant="|".join(map(re.escape, TRAIN_VARIANTS)),
+        variant="|".join(map(re.escape, R.variants)),
     conda:
         "../../envs/train.yaml"
-    threads: rule_resources("train", "cpus", 2)
+    threads: R.threads("train")
     resources:
-        **TRAIN_GPU_MODEL,
-        gpu=rule_resources("train", "gpu", 1),
-        mem_mb=rule_resources("train", "mem_mb", 32000),
-        runtime=rule_resources("train", "runtime", 720),
+        **R.job_resources("train"),
     params:
-        settings=lambda wildcards: as_json(train_settings(wildcards.variant)),
+        settings=lambda wildcards: as_json(R.train_settings(wildcards.variant)),
         kl=train_kl_options,
         checkpoint_dir="results/checkpoints/{variant}",
     shell:

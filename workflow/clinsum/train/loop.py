@@ -14,18 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import model_files
-from ..batching import (
-    collate,
-    document_steps,
-    epoch_seed,
-    is_evaluation_step,
-    micro_batches,
-    optimizer_plan,
-    training_plan,
-)
+from ..batching import collate, document_steps, epoch_seed, micro_batches
 from ..generation import native_bf16
 from ..io import ClinsumError, exclusive_lock
 from ..losses import batch_loss, label_totals
+from ..steps import StepPlan, step_plan
 from ..topk import TeacherTopk
 from ..trainlog import plot_curves, write_log
 from ..variants import variant
@@ -56,9 +49,7 @@ def _train(train_path, valid_path, model_dir, settings, out_dir, checkpoint_dir,
         for epoch, units in run.pending_steps():
             row = optimizer_step(run, epoch, units)
             advance(bar, row)
-            progress = run.progress
-            if is_evaluation_step(progress.step, progress.total_steps, settings.eval_every, settings.eval_last_step,
-                                  progress.best_step is not None):
+            if run.progress.step in run.step_plan.evaluation_steps:
                 evaluate_and_save(run, row)
             if stop.signal is not None:
                 run.save_state()
@@ -80,7 +71,7 @@ class Run:
     lengths: list
     units: list
     epochs_steps: list
-    plan: list
+    step_plan: StepPlan
     topk: object
     pad_id: int
     tokenizer: object
@@ -95,9 +86,10 @@ class Run:
 
     def pending_steps(self):
         """(epoch, the step's document units) of every step still to run; progress points at the next one."""
-        while self.progress.epoch < len(self.plan):
+        plan = self.step_plan.epoch_steps
+        while self.progress.epoch < len(plan):
             epoch, position = self.progress.epoch, self.progress.position
-            steps = self.epochs_steps[epoch][: self.plan[epoch]]
+            steps = self.epochs_steps[epoch][: plan[epoch]]
             self.progress.position = position + 1
             if self.progress.position >= len(steps):
                 self.progress.epoch, self.progress.position = epoch + 1, 0
@@ -235,10 +227,12 @@ def start(train_path, valid_path, model_dir, settings, out_dir, checkpoint_dir, 
     prompts, references = data.valid_prompts(valid_path, tokenizer)
     lengths = list(dataset["length"])
     units, epochs_steps, plan = plan_steps(dataset, lengths, settings)
+    if saved and saved[1].total_steps != plan.total_steps:
+        raise ClinsumError(f"{checkpoint_dir}: a state of {saved[1].total_steps} steps, but the plan has {plan.total_steps}; delete it")
     log.info("%s: %d train sequences, %d documents, %d valid summaries", settings.variant, len(dataset), len(units), len(prompts))
 
-    model, optimizer, scheduler, scaler = build_model(model_dir, saved, settings, device, sum(plan))
-    progress = saved[1] if saved else checkpoint.Progress(fingerprint=key, total_steps=sum(plan))
+    model, optimizer, scheduler, scaler = build_model(model_dir, saved, settings, device, plan)
+    progress = saved[1] if saved else checkpoint.Progress(fingerprint=key, total_steps=plan.total_steps)
     if saved:
         log.info("resuming from step %d of %d (epoch %d, step %d of it), best %s %s", progress.step, progress.total_steps,
                  progress.epoch, progress.position, settings.select_metric, progress.best_score)
@@ -260,29 +254,31 @@ def check_distil_kl_inputs(name, model_dir, teacher_topk, teacher_model) -> Teac
     return TeacherTopk(teacher_topk)
 
 
-def plan_steps(dataset, lengths: list[int], settings: TrainSettings):
-    """The documents (units of rows), each epoch's optimizer steps, and how many of them run per epoch."""
+def plan_steps(dataset, lengths: list[int], settings: TrainSettings) -> tuple[list, list, StepPlan]:
+    """The documents (units of rows), each epoch's optimizer steps of them, and the step plan (clinsum.steps: the
+    one `clinsum plan` prints), which the epochs' steps must match."""
     units = data.document_units(dataset["lang"], dataset["id"])
     longest = max(lengths)
     if longest > settings.tokens_per_batch:
         log.warning("the longest sequence (%d tokens) exceeds tokens_per_batch (%d): it gets a micro-batch of its own",
                     longest, settings.tokens_per_batch)
+    plan = step_plan(len(units), settings.documents_per_step, settings.epochs, settings.eval_every, settings.warmup_ratio,
+                     settings.eval_last_step)
     unit_lengths = [max(lengths[i] for i in unit) for unit in units]
     epochs_steps = [document_steps(unit_lengths, settings.documents_per_step, epoch_seed(settings.seed, epoch))
-                    for epoch in range(math.ceil(settings.epochs))]
-    plan = training_plan([len(steps) for steps in epochs_steps], settings.epochs)
-    planned = optimizer_plan(len(units), settings.documents_per_step, settings.epochs, settings.eval_every, settings.warmup_ratio,
-                             settings.eval_last_step)
+                    for epoch in range(len(plan.epoch_steps))]
+    if any(len(steps) < planned for steps, planned in zip(epochs_steps, plan.epoch_steps)):
+        raise ClinsumError(f"the epochs hold {[len(s) for s in epochs_steps]} steps, the plan {list(plan.epoch_steps)}")
     tokens = sum(lengths) / len(units) * settings.documents_per_step
     log.info("plan: %d documents, %d a step, %d optimizer steps over %s epochs, %d evaluations (every %d steps%s), "
              "%d warm-up steps, %.0f tokens a step on average, micro-batches of at most %d tokens; loss on %s",
-             len(units), settings.documents_per_step, sum(plan), settings.epochs, planned["evaluations"],
-             settings.eval_every, " and the last" if settings.eval_last_step else "", planned["warmup_steps"], tokens,
+             len(units), settings.documents_per_step, plan.total_steps, settings.epochs, len(plan.evaluation_steps),
+             settings.eval_every, " and the last" if settings.eval_last_step else "", plan.warmup_steps, tokens,
              settings.tokens_per_batch, "prompt and answer tokens" if settings.loss_on_prompt else "answer tokens")
     return units, epochs_steps, plan
 
 
-def build_model(model_dir, saved, settings: TrainSettings, device, total_steps: int):
+def build_model(model_dir, saved, settings: TrainSettings, device, plan: StepPlan):
     """The model (from the saved state when resuming), AdamW with a cosine schedule, the gradient scaler."""
     import torch
     from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
@@ -303,7 +299,7 @@ def build_model(model_dir, saved, settings: TrainSettings, device, total_steps: 
         [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=settings.lr, fused=device.type == "cuda",
     )
-    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(settings.warmup_ratio * total_steps), total_steps)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, plan.warmup_steps, plan.total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(settings.dtype, device) == torch.float16)
     if saved:
         trainer = torch.load(saved[0] / "trainer.pt", map_location=device, weights_only=False)
