@@ -21,7 +21,7 @@ from clinsum.io import ClinsumError  # noqa: E402
 from clinsum.train import TrainSettings  # noqa: E402
 from clinsum.train import evaluation, loop  # noqa: E402
 from clinsum.train.data import check_tokenizer_compatible, tokenized_dataset  # noqa: E402
-from clinsum.train.evaluation import select_best  # noqa: E402
+from clinsum.train.evaluation import is_improvement  # noqa: E402
 from clinsum.train.loop import freeze_lower_layers, train  # noqa: E402
 from clinsum.trainlog import LOG_COLUMNS  # noqa: E402
 
@@ -131,9 +131,14 @@ def _log(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def test_select_best_keeps_the_earlier_of_ties():
-    assert select_best([(250, 0.30), (500, 0.41), (750, 0.41), (1000, 0.20)]) == (500, 0.41)
-    assert select_best([(1, 0.0)]) == (1, 0.0)
+def test_the_loops_selection_keeps_the_earlier_of_ties():
+    """is_improvement is what the loop asks at each evaluation: the best step over a run of scores."""
+    best_step, best = None, None
+    for step, score in [(250, 0.30), (500, 0.41), (750, 0.41), (1000, 0.20)]:
+        if is_improvement(score, best):
+            best_step, best = step, score
+    assert (best_step, best) == (500, 0.41)
+    assert is_improvement(0.0, None) and not is_improvement(0.41, 0.41)
 
 
 def test_progress_into_a_log_file_is_not_redrawn_every_step(capfd):

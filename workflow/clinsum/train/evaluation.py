@@ -37,14 +37,3 @@ def selection_score(scores: dict, metric: str) -> float:
 def is_improvement(score: float, best: float | None) -> bool:
     """A checkpoint replaces the best one only if it scores strictly higher (ties keep the earlier)."""
     return best is None or score > best
-
-
-def select_best(scores: list[tuple[int, float]]) -> tuple[int, float]:
-    """(step, score) of the checkpoint the training loop keeps, for scores in evaluation order."""
-    best: tuple[int, float] | None = None
-    for step, score in scores:
-        if is_improvement(score, None if best is None else best[1]):
-            best = (step, score)
-    if best is None:
-        raise ValueError("no scores")
-    return best
