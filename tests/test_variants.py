@@ -19,12 +19,15 @@ TOY = ('        Variant("distil_even", "distil with its two tasks weighed alike 
 
 
 def test_the_table_drives_the_loss_weights_and_what_a_variant_needs():
-    assert [name for name in variants.VARIANTS] == ["standard", "distil", "distil_kl"]
+    assert [name for name in variants.VARIANTS] == ["standard", "distil", "distil_kl", "grpo"]
+    assert variants.trained(["standard", "distil", "grpo"]) == ["standard", "distil"]
+    assert variants.trained(["standard", "distil", "grpo"], "reward") == ["grpo"]
     assert variants.variant("standard").loss_weights(0.8, 0.5) == (1.0, 0.0)
     assert variants.variant("distil").loss_weights(0.8, 0.5) == (0.8, 0.0)
     assert variants.variant("distil_kl").loss_weights(0.8, 0.5) == (0.8, 0.5)
     assert not variants.needs_teacher(["standard"]) and variants.needs_teacher(["standard", "distil"])
     assert variants.needs_teacher_topk(["distil_kl"]) and not variants.needs_teacher_topk(["distil"])
+    assert not variants.needs_teacher(["standard", "grpo"])  # it samples itself: no teacher output
     with pytest.raises(ClinsumError, match="unknown variant 'other'"):
         variants.variant("other")
 
@@ -64,3 +67,6 @@ def test_a_toy_variant_is_one_entry_and_reaches_the_dag_the_plan_and_the_report(
                         variants.Variant("distil_even", "toy", ("summarize", "extract"), True, False, ("gamma",), "distil"))
     assert report.comparisons(["base", "standard", "distil", "distil_even"]) == [
         ("distil", "standard"), ("distil_even", "distil"), ("standard", "base"), ("distil", "base"), ("distil_even", "base")]
+    # a reward-tuned variant is compared with the variant it started from
+    assert report.comparisons(["base", "standard", "distil", "grpo"], start="distil") == [
+        ("distil", "standard"), ("grpo", "distil"), ("standard", "base"), ("distil", "base"), ("grpo", "base")]

@@ -26,6 +26,7 @@ COMMANDS = {
     "teacher": "teacher",
     "crop": "crop",
     "train": "train",
+    "reward": "reward",
     "infer": "infer",
     "evaluate": "evaluate",
     "judge": "judge",

@@ -12,7 +12,6 @@ not skipped, and counted.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections import Counter
@@ -20,33 +19,13 @@ from pathlib import Path
 
 from . import faithfulness, metrics, protocols
 from .degeneration import KINDS, reason_kind
-from .io import ClinsumError, read_json, write_json
+from .io import ClinsumError, write_json
 from .predictions import load_predictions, load_sources
 from .settings import parse_settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["evaluate_file", "evaluate_records", "load_predictions", "resolve_num_layers"]
-
-
-def resolve_num_layers(model_ref: str, model_dir: str | Path, num_layers: int | None) -> int:
-    """The encoder layer BERTScore reads: from config if set, else bert-score's choice for a model it
-    knows by name (distilbert-base-uncased: 5, as in the paper's evaluation), else the last layer."""
-    if num_layers:
-        return int(num_layers)
-    from bert_score.utils import model2layers
-
-    if model_ref in model2layers:
-        return int(model2layers[model_ref])
-    config_path = Path(model_dir) / "config.json"
-    try:
-        config = read_json(config_path)
-    except (OSError, json.JSONDecodeError) as error:
-        raise ClinsumError(f"{config_path}: cannot read the BERTScore model's config ({error})") from None
-    for key in ("num_hidden_layers", "n_layers", "num_layers"):
-        if isinstance(config.get(key), int):
-            return config[key]
-    raise ClinsumError(f"{config_path}: no layer count; set evaluate.bertscore.num_layers in the config")
+__all__ = ["evaluate_file", "evaluate_records", "load_predictions"]
 
 
 def pick_device(device: str) -> str:
@@ -151,7 +130,7 @@ def resolve_settings(section: dict, lang: str, bertscore_dir: str | Path) -> dic
     bert = settings["bertscore"]
     if "batch_size" not in bert:
         raise ClinsumError("evaluate.bertscore.batch_size is missing (the config schema sets it)")
-    bert["num_layers"] = resolve_num_layers(bert["model"], bertscore_dir, bert["num_layers"])
+    bert["num_layers"] = metrics.resolve_num_layers(bert["model"], bertscore_dir, bert["num_layers"])
     return settings
 
 

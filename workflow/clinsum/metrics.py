@@ -13,8 +13,12 @@ tokenizer keeps Unicode letters and digits instead; results made with it are lab
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Iterable
+
+from .io import ClinsumError, read_json
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 ROUGE_KEYS = tuple(f"{kind}_{part}" for kind in ROUGE_TYPES for part in ("p", "r", "f"))
@@ -135,3 +139,23 @@ def mean_scores(rows: Iterable[dict]) -> dict:
         return {}
     keys = [key for key, value in rows[0].items() if isinstance(value, (int, float)) and not isinstance(value, bool)]
     return {key: sum(float(row[key]) for row in rows) / len(rows) for key in keys}
+
+
+def resolve_num_layers(model_ref: str, model_dir: str | Path, num_layers: int | None) -> int:
+    """The encoder layer BERTScore reads: from config if set, else bert-score's choice for a model it
+    knows by name (distilbert-base-uncased: 5, as in the paper's evaluation), else the last layer."""
+    if num_layers:
+        return int(num_layers)
+    from bert_score.utils import model2layers
+
+    if model_ref in model2layers:
+        return int(model2layers[model_ref])
+    config_path = Path(model_dir) / "config.json"
+    try:
+        config = read_json(config_path)
+    except (OSError, json.JSONDecodeError) as error:
+        raise ClinsumError(f"{config_path}: cannot read the BERTScore model's config ({error})") from None
+    for key in ("num_hidden_layers", "n_layers", "num_layers"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    raise ClinsumError(f"{config_path}: no layer count; set evaluate.bertscore.num_layers in the config")

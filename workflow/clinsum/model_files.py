@@ -161,3 +161,23 @@ def load_tokenizer(source: str | Path, **kwargs):
     if silence:
         tokenizer.init_kwargs.pop("fix_mistral_regex", None)  # not a setting of the tokenizer: not saved with it
     return tokenizer
+
+
+def freeze_lower_layers(model, trainable_layers: int | None, key: str = "train.trainable_layers") -> None:
+    """Train only the top `trainable_layers` decoder layers and the final norm (None: every parameter).
+
+    The embeddings (tied to the LM head in small models) and the lower layers stay as they are, so the
+    backward pass stops at the first trainable layer: about half the compute of full fine-tuning when few
+    layers train. For CPU runs (`key`: the setting, named in the error); the paper trains every parameter.
+    """
+    if trainable_layers is None:
+        return
+    layers = model.model.layers
+    if not 1 <= trainable_layers <= len(layers):
+        raise ClinsumError(f"{key} must lie between 1 and {len(layers)} (the model's layers), got {trainable_layers}")
+    model.requires_grad_(False)
+    for layer in layers[len(layers) - trainable_layers :]:
+        layer.requires_grad_(True)
+    model.model.norm.requires_grad_(True)
+    if model.config.tie_word_embeddings is False:
+        model.lm_head.requires_grad_(True)

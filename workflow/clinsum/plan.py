@@ -1,7 +1,8 @@
 """`clinsum plan`: what a configuration will do before a GPU day is spent on it.
 
 Per trained variant: documents per optimizer step, optimizer steps, evaluations, warm-up steps and tokens
-per step; for the teacher, how many prompts exceed its `max_prompt_tokens` (and are cropped or stop the
+per step; per reward-tuned variant (grpo): its GRPO steps, the reports and summaries a step samples, the passes
+it makes over them and how often the steps go over the training reports; for the teacher, how many prompts exceed its `max_prompt_tokens` (and are cropped or stop the
 run). It reads the configuration as Snakemake does (`config/config.yaml`, then every `--configfile` merged
 over it key by key, validated against the schema with its defaults), and the corpus, split and cropped data
 when they exist (`results/`); `--documents` gives the training document count without them.
@@ -26,6 +27,7 @@ from .records import SPLITS, load_documents, read_split
 from .settings import merge, parse_config
 from .split import split_sizes
 from .steps import step_plan
+from .variants import trained
 from .variants import variant as variant_entry
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,7 @@ def tokens_per_document(train_jsonl: Path, variant: str) -> list[int] | None:
 def variant_rows(config: dict, documents: int, train_jsonl: Path) -> list[dict]:
     train, crop = config["train"], config["crop"]
     rows = []
-    for variant in train["variants"]:
+    for variant in trained(train["variants"], "train"):
         row = {"variant": variant, **step_plan(
             documents, train["documents_per_step"][variant], train["epochs"], train["eval_every"], train["warmup_ratio"],
             train["eval_last_step"],
@@ -85,6 +87,22 @@ def variant_rows(config: dict, documents: int, train_jsonl: Path) -> list[dict]:
             row["tokens_per_step_source"] = "at most, by the crop budgets"
         rows.append(row)
     return rows
+
+
+def reward_rows(config: dict, documents: int) -> list[dict]:
+    """Per reward-tuned variant: its GRPO steps, what one step samples and passes over, and how many times the steps
+    go over the training reports (every training report has a reference at this count's precision)."""
+    reward = config["reward"]
+    per_step = reward["prompts_per_step"] * reward["group_size"]
+    return [{
+        "variant": variant, "start": reward["start"], "documents": documents, "steps": reward["steps"],
+        "reports_per_step": reward["prompts_per_step"], "summaries_per_step": per_step,
+        "passes_per_step": per_step // reward["summaries_per_batch"],
+        "epochs": round(reward["steps"] * reward["prompts_per_step"] / documents, 2),
+        "generated_tokens_per_step": per_step * reward["max_new_tokens"],
+        "tokens_per_pass": reward["summaries_per_batch"] * (reward["max_prompt_tokens"] + reward["max_new_tokens"]),
+        "checkpoints": reward["steps"] // reward["save_every"],
+    } for variant in trained(config["train"]["variants"], "reward")]
 
 
 def teacher_prompts_over(config: dict, corpus_dir: Path, split_dir: Path) -> dict:
@@ -145,7 +163,7 @@ def render_splits(rows: list[dict], config: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render(rows: list[dict], teacher: dict) -> str:
+def render(rows: list[dict], teacher: dict, rewards: list[dict] = ()) -> str:
     lines = [
         "| variant | documents | documents/step | steps/epoch | optimizer steps | evaluations | warm-up steps | tokens/step |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
@@ -157,6 +175,18 @@ def render(rows: list[dict], teacher: dict) -> str:
             f"| {row['tokens_per_step']:,} ({row['tokens_per_step_source']}) |"
         )
     lines.append("")
+    if rewards:
+        lines += [
+            "| reward-tuned variant | from | training reports | GRPO steps | reports/step | summaries/step | passes/step "
+            "| epochs | generated tokens/step | tokens/pass | checkpoints |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r['variant']} | {r['start']} | {r['documents']} | {r['steps']} | {r['reports_per_step']} "
+            f"| {r['summaries_per_step']} | {r['passes_per_step']} | {r['epochs']} | {r['generated_tokens_per_step']:,} "
+            f"| {r['tokens_per_pass']:,} (at most) | {r['checkpoints']} |" for r in rewards
+        ]
+        lines.append("")
     if "not_measured" in teacher:
         lines.append(f"teacher prompts over max_prompt_tokens ({teacher['max_prompt_tokens']}): not measured, {teacher['not_measured']}")
     else:
@@ -183,11 +213,12 @@ def _run(args) -> None:
             "pairs per language with --pairs-per-language"
         )
     rows = variant_rows(config, documents, results / "data" / "train.jsonl")
+    rewards = reward_rows(config, documents)
     teacher = teacher_prompts_over(config, results / "corpus", results / "split")
     if args.json:
-        print(json.dumps({"splits": splits, "variants": rows, "teacher": teacher}, indent=2))
+        print(json.dumps({"splits": splits, "variants": rows, "reward": rewards, "teacher": teacher}, indent=2))
     else:
-        print(render_splits(splits, config) + "\n" + render(rows, teacher), end="")
+        print(render_splits(splits, config) + "\n" + render(rows, teacher, rewards), end="")
 
 
 def add_cli(subparsers) -> None:

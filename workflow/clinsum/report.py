@@ -412,21 +412,23 @@ def paired_bootstrap(a: list[float], b: list[float], samples: int, seed: int) ->
     return float(diff.mean()), float(low), float(high)
 
 
-def comparisons(models: list[str]) -> list[tuple[str, str]]:
+def comparisons(models: list[str], start: str | None = None) -> list[tuple[str, str]]:
     """(variant, reference) pairs: each variant against the one its table entry compares it with (distil against
-    standard), when trained, then each variant against base."""
+    standard), or the one it started from (a reward-tuned variant against `start`), when trained, then each
+    variant against base."""
     variants = [model for model in models if model != "base"]
-    pairs = [(name, variant(name).compare_with) for name in variants if variant(name).compare_with in variants]
+    reference = {name: start if variant(name).stage == "reward" else variant(name).compare_with for name in variants}
+    pairs = [(name, reference[name]) for name in variants if reference[name] in variants]
     if "base" in models:
         pairs += [(name, "base") for name in variants]
     return pairs
 
 
-def paired_documents(evals: dict, models: list[str], languages: list[str]) -> dict:
+def paired_documents(evals: dict, models: list[str], languages: list[str], start: str | None = None) -> dict:
     """(lang, model, reference) -> [(document of model, document of reference)], the same ids in both."""
     paired = {}
     for lang in languages:
-        for model, reference in comparisons(models):
+        for model, reference in comparisons(models, start):
             docs_a = {doc["id"]: doc for doc in evals[(model, lang)]["documents"]}
             docs_b = {doc["id"]: doc for doc in evals[(reference, lang)]["documents"]}
             if docs_a.keys() != docs_b.keys():
@@ -445,14 +447,16 @@ def bootstrap_metrics(evals: dict) -> list[tuple[str, str, int]]:
     return [metric for metric in BOOTSTRAP_METRICS if metric[0] in keys]
 
 
-def bootstrap_rows(evals: dict, models: list[str], languages: list[str], samples: int, seed: int) -> list[dict]:
+def bootstrap_rows(evals: dict, models: list[str], languages: list[str], samples: int, seed: int,
+                   start: str | None = None) -> list[dict]:
     """Per language, then pooled over languages ("all", when there are several): each comparison and metric.
-    A document without a value in either model (a malformed judge answer) leaves that metric's pairs."""
-    paired = paired_documents(evals, models, languages)
+    A document without a value in either model (a malformed judge answer) leaves that metric's pairs. `start`:
+    the variant a reward-tuned one started from, its reference."""
+    paired = paired_documents(evals, models, languages, start)
     groups = list(languages) + (["all"] if len(languages) > 1 else [])
     rows = []
     for group in groups:
-        for model, reference in comparisons(models):
+        for model, reference in comparisons(models, start):
             pairs = [pair for lang in (languages if group == "all" else [group]) for pair in paired[(lang, model, reference)]]
             for key, label, scale in bootstrap_metrics(evals):
                 values = [(a.get(key), b.get(key)) for a, b in pairs]
@@ -720,6 +724,7 @@ def build_report(
     judge_paths: list[str | Path] = (),
     fidelity: str = "",
     consistency_paths: list[str | Path] = (),
+    reward_start: str | None = None,
     manifest: dict | None = None,
 ) -> dict:
     """Every report file in `out_dir`; `fidelity` is the header's sentence on the paper fidelity mode
@@ -738,7 +743,7 @@ def build_report(
         "protocol_note": protocol_note(evals),
         "note": tokenizer_note(evals),
         "faithfulness": faithfulness_rows(evals, models, languages),
-        "bootstrap": bootstrap_rows(evals, models, languages, samples, seed),
+        "bootstrap": bootstrap_rows(evals, models, languages, samples, seed, reward_start),
         "examples": examples_html(evals, models, languages),
     }
     with atomic_path(out_dir / "table4.md") as handle:
@@ -781,7 +786,7 @@ def _run_report(args) -> None:
     build_report(
         args.eval, logs, models, settings["languages"], args.out_dir, bootstrap["samples"], bootstrap["seed"], args.judge,
         fidelity=fidelity_mode(settings), manifest=read_json(args.manifest) if args.manifest else None,
-        consistency_paths=args.consistency,
+        consistency_paths=args.consistency, reward_start=settings["reward"]["start"] if "reward" in settings else None,
     )
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from . import fidelity, models, protocols, submission
 from .io import ClinsumError
 from .settings import merge
-from .variants import needs_teacher, needs_teacher_topk, variant
+from .variants import needs_teacher, needs_teacher_topk, trained, variant
 
 # Keys of a section that say how its jobs run, not what they compute: changing them reruns nothing.
 JOB_KEYS = ("resources", "python")
@@ -28,6 +28,7 @@ RULE_RESOURCES = {
     "infer": {"gpu": 1, "cpus": 2, "mem_mb": 16000, "runtime": 240},
     "judge": {"gpu": 1, "cpus": 2, "mem_mb": 16000, "runtime": 240},
     "train": {"gpu": 1, "cpus": 2, "mem_mb": 32000, "runtime": 720},
+    "reward": {"gpu": 1, "cpus": 2, "mem_mb": 32000, "runtime": 720},
     "crop": {"cpus": 1, "mem_mb": 4000, "runtime": 60},
     "evaluate": {"cpus": 1, "mem_mb": 4000},
     "synthetic_corpus": {"mem_mb": 1000},
@@ -76,6 +77,8 @@ class Resolved:
             variant(name)  # a known variant, or an error naming the known ones
         # base: the untuned student; every trained variant after it
         self.models: list[str] = ["base", *self.variants]
+        self.train_variants = trained(self.variants, "train")
+        self.reward_variants = trained(self.variants, "reward")
         self.uses_teacher = needs_teacher(self.variants)
         self.teacher_topk = config["teacher"]["top_logprobs"] > 0
         self.judge_on: bool = config["judge"]["enabled"]
@@ -98,7 +101,7 @@ class Resolved:
             named = [name for name in self.variants if variant(name).teacher_topk]
             raise ClinsumError(f"config train.variants has {', '.join(named)}, which learns from the teacher's top-k "
                                "log-probabilities, but teacher.top_logprobs is 0: set it above 0 (config/distil-kl.yaml sets 8)")
-        unpaced = [name for name in self.variants if name not in config["train"]["documents_per_step"]]
+        unpaced = [name for name in self.train_variants if name not in config["train"]["documents_per_step"]]
         if unpaced:
             raise ClinsumError(f"config train.documents_per_step has no value for {', '.join(unpaced)}")
         for section in ("teacher", "judge") if self.judge_on else ("teacher",):
@@ -106,6 +109,13 @@ class Resolved:
         if self.synthetic and self.synthetic["path"] not in [s["path"] for s in config["corpus"]["sources"]]:
             raise ClinsumError(f"config corpus.synthetic.path {self.synthetic['path']} is not one of corpus.sources "
                                f"({', '.join(s['path'] for s in config['corpus']['sources'])})")
+        if self.reward_variants and config["reward"]["start"] not in self.train_variants:
+            raise ClinsumError(f"config reward.start: {config['reward']['start']} is not a trained variant of train.variants "
+                               f"({', '.join(self.train_variants) or 'none'}): GRPO starts from one")
+        reward = config["reward"]
+        if self.reward_variants and (reward["prompts_per_step"] * reward["group_size"]) % reward["summaries_per_batch"]:
+            raise ClinsumError(f"config reward.summaries_per_batch: {reward['summaries_per_batch']} does not divide a step's "
+                               f"{reward['prompts_per_step']} x {reward['group_size']} summaries (prompts_per_step x group_size)")
         unknown = [model for model in self.submission_runs if model not in self.models]
         if unknown:
             raise ClinsumError(f"config submission.runs: {', '.join(unknown)} is not one of the models ({', '.join(self.models)})")
@@ -227,6 +237,23 @@ class Resolved:
         section["documents_per_step"] = {name: train["documents_per_step"][name]}
         return {"train": section}
 
+    def reward_settings(self) -> dict:
+        """What changes the reward-tuned model: the reward section (not how its jobs run) and the inference prompts
+        it samples with."""
+        prompts = self.config["prompts"]
+        return {"reward": without_job_keys(self.config["reward"]),
+                "prompts": {"summarize": {lang: prompts["summarize"][lang] for lang in self.languages},
+                            "role": prompts["role"]}}
+
+    def reward_bertscore_settings(self) -> dict:
+        """The evaluation's BERTScore settings of each language, which the reward's BERTScore term uses (when weighted)."""
+        if not self.reward_bertscore():
+            return {}
+        return {lang: self.evaluate_settings(lang)["evaluate"]["bertscore"] for lang in self.languages}
+
+    def reward_bertscore(self) -> bool:
+        return bool(self.config["reward"]["weights"].get("bertscore"))
+
     def infer_settings(self) -> dict:
         return {"infer": without_job_keys(self.config["infer"])}
 
@@ -248,11 +275,14 @@ class Resolved:
 
     def report_settings(self) -> dict:
         """What the report reads: languages, variants, the bootstrap, and the keys of its paper fidelity mode."""
-        return merge(fidelity.config_subset(self.config), {
+        settings = merge(fidelity.config_subset(self.config), {
             "languages": self.languages,
             "train": {"variants": self.variants},
             "evaluate": {"bootstrap": self.config["evaluate"]["bootstrap"]},
         })
+        if self.reward_variants:  # the report compares the tuned model with the one it started from
+            settings["reward"] = {"start": self.config["reward"]["start"]}
+        return settings
 
     # ---------------------------------------------------------------- targets
 

@@ -2,7 +2,8 @@
 
 One row per optimizer step: step, epoch, loss and its terms (blank where the step had no token of the term),
 learning rate, useful tokens per second; evaluation steps add the validation ROUGE F1 scores and the score
-that selects the checkpoint (`valid_selection`).
+that selects the checkpoint (`valid_selection`). The reward-tuned variant's steps give the summed reward, each
+reward term's mean and the KL to its starting model instead.
 """
 
 from __future__ import annotations
@@ -25,11 +26,19 @@ LOG_COLUMNS = (
     "valid_rouge2",
     "valid_rougeL",
     "valid_selection",
+    "reward",
+    "reward_rouge",
+    "reward_bertscore",
+    "reward_faithfulness",
+    "reward_degeneration",
+    "reward_length",
+    "kl",
 )
 INTEGER_COLUMNS = ("step", "epoch")
 PANELS = {
     "loss": lambda column: "loss" in column,
-    "validation score": lambda column: "valid" in column or "rouge" in column,
+    "validation score": lambda column: "valid" in column,
+    "reward": lambda column: column.startswith("reward") or column == "kl",
     "learning rate": lambda column: column == "lr",
 }
 

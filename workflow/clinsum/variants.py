@@ -1,10 +1,11 @@
 """The training variants, one entry each: what a variant trains on, what it needs from the teacher, which settings
-its loss reads, and how the report compares it. The rules, the settings, the plan, the trainer, the report and the
-docs read this table; adding a variant is one entry here and its loss (clinsum.losses).
+its loss reads, which stage makes it, and how the report compares it. The rules, the settings, the plan, the
+trainer, the report and the docs read this table; adding a variant is one entry here and its loss (clinsum.losses).
 
     standard:  L = L_sum                                   (summaries only)
     distil:    L = γ·L_sum + (1−γ)·L_ext                   (and the teacher's key information)
     distil_kl: L = γ·L_sum + (1−γ)·[(1−β)·L_ext + β·KL_ext] (and the teacher's top-k log-probabilities)
+    grpo:      GRPO on the task's own rewards (clinsum.rewards), from the trained variant `reward.start`
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class Variant:
     teacher_topk: bool  # learns from the teacher's top-k log-probabilities (teacher.top_logprobs > 0)
     loss_keys: tuple[str, ...]  # the train keys its loss reads besides the common ones (gamma, kl)
     compare_with: str | None  # the variant the report's paired bootstrap compares it with, besides base
+    stage: str = "train"  # the rule that makes it: train (from the student) or reward (from reward.start)
 
     def loss_weights(self, gamma: float, beta: float) -> tuple[float, float]:
         """(γ, β) of clinsum.losses.dual_loss: the summary term alone (γ = 1) unless the loss reads gamma, and a KL
@@ -38,6 +40,9 @@ VARIANTS: dict[str, Variant] = {
                 ("summarize", "extract"), True, False, ("gamma",), "standard"),
         Variant("distil_kl", "distil with a KL term on the teacher's top-k log-probabilities in the extraction loss",
                 ("summarize", "extract"), True, True, ("gamma", "kl"), "standard"),
+        # compared with the variant it starts from (reward.start), which the configuration names
+        Variant("grpo", "GRPO on the task's rewards (ROUGE-Lsum, BERTScore, faithful numbers, no degeneration, "
+                "length), from the trained variant reward.start", ("summarize",), False, False, (), None, "reward"),
     )
 }
 
@@ -46,6 +51,11 @@ def variant(name: str) -> Variant:
     if name not in VARIANTS:
         raise ClinsumError(f"train.variants: unknown variant {name!r} (known: {', '.join(VARIANTS)})")
     return VARIANTS[name]
+
+
+def trained(names: list[str], stage: str = "train") -> list[str]:
+    """The variants among `names` that `stage` makes (train: from the student; reward: from another variant)."""
+    return [name for name in names if variant(name).stage == stage]
 
 
 def needs_teacher(names: list[str]) -> bool:

@@ -261,6 +261,26 @@ def language_predictions(wildcards, input):
     return quoted(f"{lang}={path}" for lang, path in zip(LANGS, input.predictions))
 
 
+def language_splits(wildcards, input):
+    """lang=results/split/{lang}.json for each language."""
+    return quoted(f"{lang}={path}" for lang, path in zip(LANGS, input.split))
+
+
+def reward_bertscore_inputs(wildcards):
+    """The evaluation's encoders, when the reward weighs BERTScore."""
+    if not R.reward_bertscore():
+        return {}
+    return {"bertscore": [R.bertscore_encoder(lang) for lang in LANGS]}
+
+
+def reward_bertscore_option(wildcards, input):
+    if "bertscore" not in input.keys():
+        return ""
+    encoders = quoted(f"{lang}={path}" for lang, path in zip(LANGS, input.bertscore))
+    settings = shlex.quote(as_json(R.reward_bertscore_settings()))
+    return f"--bertscore-model {encoders} --bertscore-settings {settings}"
+
+
 def language_corpus(wildcards, input):
     """lang=results/corpus/{lang}.jsonl for each language."""
     return quoted(f"{lang}={path}" for lang, path in zip(LANGS, input.corpus))

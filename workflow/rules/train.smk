@@ -14,7 +14,7 @@ rule train:
     log:
         "results/logs/train/{variant}.log",
     wildcard_constraints:
-        variant="|".join(map(re.escape, R.variants)),
+        variant="|".join(map(re.escape, R.train_variants)),
     conda:
         "../../envs/train.yaml"
     threads: R.threads("train")

@@ -24,7 +24,8 @@ from __future__ import annotations
 import json
 import logging
 
-from .settings import VARIANTS, TrainSettings
+from ..variants import VARIANTS
+from .settings import TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--train", required=True, help="results/data/train.jsonl (crop records)")
     parser.add_argument("--valid", required=True, help="results/data/valid.jsonl (its summarize records select the checkpoint)")
     parser.add_argument("--model", required=True, help="the student model directory to start from")
-    parser.add_argument("--variant", required=True, choices=VARIANTS, help="which loss to train with")
+    parser.add_argument("--variant", required=True, choices=[name for name, entry in VARIANTS.items() if entry.stage == "train"],
+                        help="which loss to train with")
     parser.add_argument("--settings", required=True, help='JSON: {"train": <the config\'s train section>} (see config/README.md)')
     parser.add_argument("--out", required=True, help="output directory: best model + tokenizer, train_log.csv, train_curve.png")
     parser.add_argument("--checkpoint-dir", required=True, help="resume state (results/checkpoints/{variant}); removed on success")

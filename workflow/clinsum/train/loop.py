@@ -290,7 +290,7 @@ def build_model(model_dir, saved, settings: TrainSettings, device, plan: StepPla
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
-    freeze_lower_layers(model, settings.trainable_layers)
+    model_files.freeze_lower_layers(model, settings.trainable_layers)
     model.train()
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
@@ -308,26 +308,6 @@ def build_model(model_dir, saved, settings: TrainSettings, device, plan: StepPla
         scaler.load_state_dict(trainer["scaler"])
         checkpoint.set_rng_state(trainer["rng"], device)
     return model, optimizer, scheduler, scaler
-
-
-def freeze_lower_layers(model, trainable_layers: int | None) -> None:
-    """Train only the top `trainable_layers` decoder layers and the final norm (None: every parameter).
-
-    The embeddings (tied to the LM head in small models) and the lower layers stay as they are, so the
-    backward pass stops at the first trainable layer: about half the compute of full fine-tuning when few
-    layers train. For CPU runs; the paper trains every parameter.
-    """
-    if trainable_layers is None:
-        return
-    layers = model.model.layers
-    if not 1 <= trainable_layers <= len(layers):
-        raise ClinsumError(f"train.trainable_layers must lie between 1 and {len(layers)} (the model's layers), got {trainable_layers}")
-    model.requires_grad_(False)
-    for layer in layers[len(layers) - trainable_layers :]:
-        layer.requires_grad_(True)
-    model.model.norm.requires_grad_(True)
-    if model.config.tie_word_embeddings is False:
-        model.lm_head.requires_grad_(True)
 
 
 def amp_dtype(setting: str, device):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..io import ClinsumError
 from ..settings import parse_settings
-from ..variants import VARIANTS, variant
+from ..variants import variant
 
 
 @dataclass(frozen=True)
