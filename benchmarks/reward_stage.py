@@ -111,8 +111,8 @@ def main() -> None:
         print(f"training reward (the steps' sampled summaries): first step {training[0]:.3f}, last {training[-1]:.3f}")
     verdict = ("an effect: the interval excludes 0" if pooled["effect"] else
                "no effect shown: the interval includes 0. At this size (a few GRPO steps of a 135M student on a "
-               "handful of reports) the stage runs end to end but cannot show what reward tuning is worth; the "
-               "paper's setup (config/paper-grpo.yaml) can")
+               "handful of test reports) the stage runs end to end but cannot show what reward tuning is worth; "
+               "measuring that needs the paper's setup (config/paper-grpo.yaml) on GPUs")
     print(f"verdict: {verdict}")
     out = {"variant": variant, "start": start, "weights": weights, "stage": stage, "languages": rows,
            "pooled_reward_change": pooled, "training_reward": training, "machine": platform.machine(),
