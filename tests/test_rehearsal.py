@@ -52,6 +52,9 @@ REHEARSAL_MAY_CHANGE = {
     "teacher.retry_max_new_tokens": "generation lengths",
     "train.eval_max_new_tokens": "generation lengths",
     "infer.max_new_tokens": "generation lengths",
+    "reward.use_vllm": "backends",
+    "reward.resources": "resources",
+    "reward.max_new_tokens": "generation lengths",
 }
 
 
