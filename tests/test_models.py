@@ -145,7 +145,8 @@ def test_tokenizer_config_as_qwen2_5_instruct(qwen_tokenizer):
     assert qwen_tokenizer.bos_token is None and qwen_tokenizer.unk_token is None
     assert qwen_tokenizer.model_max_length == 131072
     assert qwen_tokenizer.clean_up_tokenization_spaces is False
-    assert qwen_tokenizer.additional_special_tokens == QWEN_ADDED[1:14]
+    assert qwen_tokenizer.extra_special_tokens == QWEN_ADDED[1:14]  # additional_special_tokens until transformers 5
+    assert type(qwen_tokenizer).__name__ == "Qwen2Tokenizer"  # as Qwen2.5-Instruct declares it
     # no BOS or EOS added around plain text
     assert qwen_tokenizer("Hello")["input_ids"] == [9707]
 
@@ -198,7 +199,8 @@ def _turn(role: str, content: str) -> str:
 def test_chat_template_is_chatml_byte_for_byte(qwen_tokenizer, messages, generation_prompt, expected):
     text = qwen_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
     assert text == expected
-    ids = list(qwen_tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt))
+    encoded = qwen_tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt)
+    ids = list(encoded["input_ids"])  # transformers 5 returns a BatchEncoding
     assert ids == _ids(qwen_tokenizer, expected)
     assert ids.count(151644) == expected.count("<|im_start|>")
 
@@ -233,7 +235,7 @@ def test_skeleton_configs_are_qwen2_5_0_5b_instruct(qwen_dir):
     assert shape == (896, 24, 14, 2)
     assert (config.intermediate_size, config.vocab_size, config.max_position_embeddings) == (4864, 151936, 32768)
     assert config.tie_word_embeddings is True
-    assert (config.rope_theta, config.rms_norm_eps) == (1e6, 1e-6)
+    assert (config.rope_parameters["rope_theta"], config.rms_norm_eps) == (1e6, 1e-6)
     assert (config.bos_token_id, config.eos_token_id) == (151643, 151645)
     generation = GenerationConfig.from_pretrained(qwen_dir)
     assert generation.eos_token_id == [151645, 151643]

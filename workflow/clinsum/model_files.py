@@ -122,14 +122,25 @@ def missing_model_files(directory: str | Path, purpose: str) -> list[str]:
     return missing
 
 
-def _named_tokenizer_class(config: dict):
+# what transformers 5 calls a tokenizer class that names no model family
+GENERIC_TOKENIZER_CLASSES = {"TokenizersBackend", "PreTrainedTokenizerFast", "PythonBackend", "PreTrainedTokenizer"}
+
+
+def _named_tokenizer_class(config: dict, model_type=None):
     """The class AutoTokenizer would pick from tokenizer_config.json's tokenizer_class (its fast variant first),
-    imported alone; None where that needs AutoTokenizer's own resolution (no name, remote code, unknown)."""
+    imported alone; None where that needs AutoTokenizer's own resolution (no name, remote code, unknown, or a
+    generic class for a model family whose own class AutoTokenizer puts in its place: transformers 5 does so
+    for qwen2 and the other families it lists in MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS)."""
     import transformers
 
     name = config.get("tokenizer_class")
     if not isinstance(name, str) or not name or "auto_map" in config:
         return None
+    if name in GENERIC_TOKENIZER_CLASSES and isinstance(model_type, str):
+        from transformers.models.auto import tokenization_auto
+
+        if model_type in getattr(tokenization_auto, "MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS", ()):
+            return None
     for candidate in (name if name.endswith("Fast") else f"{name}Fast", name):
         try:
             found = getattr(transformers, candidate)
@@ -156,7 +167,7 @@ def load_tokenizer(source: str | Path, **kwargs):
     silence = silence and hasattr(transformers.PreTrainedTokenizerBase, "_patch_mistral_regex")
     if silence:
         kwargs["fix_mistral_regex"] = False
-    tokenizer_class = _named_tokenizer_class(_json_object(directory / "tokenizer_config.json"))
+    tokenizer_class = _named_tokenizer_class(_json_object(directory / "tokenizer_config.json"), model_type)
     tokenizer = (tokenizer_class or transformers.AutoTokenizer).from_pretrained(source, **kwargs)
     if silence:
         tokenizer.init_kwargs.pop("fix_mistral_regex", None)  # not a setting of the tokenizer: not saved with it

