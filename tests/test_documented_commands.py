@@ -62,12 +62,10 @@ def test_the_docs_give_a_command_for_every_configuration_file():
 @pytest.fixture(scope="module")
 def clean_clone(tmp_path_factory) -> Path:
     """A clean clone with what the docs ask a user to put in place first: the corpora under resources/ (the
-    sample ones, as stand-ins) and the vLLM environment of `make vllm-cpu-env` (this interpreter, for a dry run)."""
+    sample ones, as stand-ins)."""
     clone = copy_checkout(tmp_path_factory.mktemp("clone"))
     shutil.copytree(SAMPLE, clone / "resources" / "multiclinsum")
     shutil.copytree(REPO / "resources" / "sample-multiclinsum2", clone / "resources" / "multiclinsum2")
-    (clone / ".venv-vllm" / "bin").mkdir(parents=True)
-    (clone / ".venv-vllm" / "bin" / "python").symlink_to(sys.executable)
     return clone
 
 

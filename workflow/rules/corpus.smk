@@ -9,7 +9,7 @@ if R.synthetic:
         log:
             "results/logs/synthetic_corpus.log",
         conda:
-            "../../envs/train.yaml"
+            "../../envs/clinsum.yaml"
         resources:
             **R.job_resources("synthetic_corpus"),
         params:
@@ -36,7 +36,7 @@ rule ingest:
     log:
         "results/logs/ingest.log",
     conda:
-        "../../envs/train.yaml"
+        "../../envs/clinsum.yaml"
     resources:
         **R.job_resources("ingest"),
     params:
@@ -61,7 +61,7 @@ rule split:
     log:
         "results/logs/split/{lang}.log",
     conda:
-        "../../envs/train.yaml"
+        "../../envs/clinsum.yaml"
     resources:
         **R.job_resources("split"),
     params:
@@ -93,7 +93,7 @@ rule crop:
     log:
         "results/logs/crop.log",
     conda:
-        "../../envs/train.yaml"
+        "../../envs/clinsum.yaml"
     # worker processes (crop.resources.cpus, capped by --cores): they also render the chat template, which
     # the tokenizer's own threads do not; the output does not depend on them
     threads: R.threads("crop")

@@ -11,7 +11,7 @@ rule evaluate:
     wildcard_constraints:
         model="|".join(map(re.escape, R.models)),
     conda:
-        "../../envs/evaluate.yaml"
+        "../../envs/clinsum.yaml"
     threads: R.threads("evaluate")
     resources:
         **R.job_resources("evaluate"),
@@ -82,7 +82,7 @@ rule report:
     log:
         "results/logs/report.log",
     conda:
-        "../../envs/evaluate.yaml"
+        "../../envs/clinsum.yaml"
     resources:
         **R.job_resources("report"),
     params:
@@ -107,7 +107,7 @@ rule submission:
     wildcard_constraints:
         model="|".join(map(re.escape, R.models)),
     conda:
-        "../../envs/evaluate.yaml"
+        "../../envs/clinsum.yaml"
     resources:
         **R.job_resources("submission"),
     params:
@@ -132,7 +132,7 @@ rule submission_runs:
     wildcard_constraints:
         team=re.escape(config["submission"]["team"]),
     conda:
-        "../../envs/evaluate.yaml"
+        "../../envs/clinsum.yaml"
     resources:
         **R.job_resources("submission_runs"),
     shell:

@@ -11,7 +11,7 @@ rule infer:
     wildcard_constraints:
         model="|".join(map(re.escape, R.models)),
     conda:
-        "../../envs/teacher.yaml"
+        "../../envs/clinsum.yaml"
     threads: R.threads("infer")
     resources:
         **R.job_resources("infer"),

@@ -16,7 +16,7 @@ rule judge:
     wildcard_constraints:
         model="|".join(map(re.escape, R.models)),
     conda:
-        "../../envs/teacher.yaml"
+        "../../envs/clinsum.yaml"
     threads: R.threads("judge")
     resources:
         **R.job_resources("judge"),
@@ -43,7 +43,7 @@ rule judge_consistency:
     wildcard_constraints:
         model="|".join(map(re.escape, R.models)),
     conda:
-        "../../envs/teacher.yaml"
+        "../../envs/clinsum.yaml"
     threads: R.threads("judge")
     resources:
         **R.job_resources("judge"),

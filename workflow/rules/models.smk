@@ -9,7 +9,7 @@ rule build_model:
     wildcard_constraints:
         model="|".join(map(re.escape, R.built_models)) or "(?!)",
     conda:
-        "../../envs/train.yaml"
+        "../../envs/clinsum.yaml"
     resources:
         **R.job_resources("build_model"),
     params:
@@ -25,7 +25,7 @@ rule download_model:
     log:
         "results/logs/models/hub_{repo}.log",
     conda:
-        "../../envs/train.yaml"
+        "../../envs/clinsum.yaml"
     resources:
         **R.job_resources("download_model"),
     params:

@@ -16,7 +16,7 @@ rule reward:
     wildcard_constraints:
         variant="|".join(map(re.escape, R.reward_variants)) or "(?!)",
     conda:
-        "../../envs/train.yaml"
+        "../../envs/clinsum.yaml"
     threads: R.threads("reward")
     resources:
         **R.job_resources("reward"),

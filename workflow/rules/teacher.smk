@@ -16,7 +16,7 @@ rule teacher:
     wildcard_constraints:
         scatteritem=r"\d+-of-\d+",
     conda:
-        "../../envs/teacher.yaml"
+        "../../envs/clinsum.yaml"
     threads: R.threads("teacher")
     resources:
         **R.job_resources("teacher"),
@@ -41,7 +41,7 @@ rule teacher_gather:
     log:
         "results/logs/teacher/{lang}.gather.log",
     conda:
-        "../../envs/teacher.yaml"
+        "../../envs/clinsum.yaml"
     resources:
         **R.job_resources("teacher_gather"),
     params:
@@ -60,7 +60,7 @@ rule teacher_summary:
     log:
         "results/logs/teacher/summary.log",
     conda:
-        "../../envs/teacher.yaml"
+        "../../envs/clinsum.yaml"
     resources:
         **R.job_resources("teacher_summary"),
     shell:

@@ -16,7 +16,7 @@ rule train:
     wildcard_constraints:
         variant="|".join(map(re.escape, R.train_variants)),
     conda:
-        "../../envs/train.yaml"
+        "../../envs/clinsum.yaml"
     threads: R.threads("train")
     resources:
         **R.job_resources("train"),
