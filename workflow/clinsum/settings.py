@@ -17,7 +17,18 @@ from pathlib import Path
 
 from .io import ClinsumError
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+
+
+def _schema_path() -> Path:
+    """workflow/schemas/config.schema.yaml in a checkout (and an editable install); the copy a wheel carries as
+    clinsum/schemas/ (pyproject.toml's package-data) in a non-editable install."""
+    here = Path(__file__).resolve().parent
+    checkout = here.parent / "schemas" / "config.schema.yaml"
+    installed = here / "schemas" / "config.schema.yaml"
+    return installed if installed.exists() and not checkout.exists() else checkout
+
+
+SCHEMA_PATH = _schema_path()
 
 
 @lru_cache(maxsize=1)

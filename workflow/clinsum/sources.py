@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import BinaryIO, Iterator, NamedTuple
 
 from .io import ClinsumError, atomic_path
+from .settings import SCHEMA_PATH as SCHEMA
 
-SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 LAYOUT_GROUPS = {"set", "lang", "n", "kind"}
 ID_FIELDS = {"set": "gs", "lang": "en", "n": 1, "stem": "x"}
 # zip members that cannot be read, for whatever reason the zip library gives
