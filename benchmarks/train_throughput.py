@@ -42,6 +42,10 @@ ARCHS = {
     # same vocabulary, a CPU-sized body
     "small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                   intermediate_size=1024),
+    # a test-sized body and vocabulary: the recipes' shapes (lengths, rows, padding) at CPU speed
+    # (benchmarks/gpu_check.py's CPU run in tests/test_benchmarks.py)
+    "toy": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                intermediate_size=128, vocab_size=8192),
 }
 PROMPT_MAX, ANSWER_MAX = 2566, 512
 PAPER_LENGTH = PROMPT_MAX + ANSWER_MAX  # 3078
@@ -54,13 +58,12 @@ def build_model(arch: str):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     config = Qwen2Config(
-        vocab_size=151936,
         tie_word_embeddings=True,
         max_position_embeddings=32768,
         rope_theta=1_000_000.0,
         rms_norm_eps=1e-6,
         use_cache=False,
-        **ARCHS[arch],
+        **{"vocab_size": 151936, **ARCHS[arch]},
     )
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
@@ -268,7 +271,7 @@ def run_in_process(context, recipe, args) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    parser.add_argument("--arch", choices=sorted(ARCHS), default="qwen0.5b", help="model body (vocabulary is always 151,936)")
+    parser.add_argument("--arch", choices=sorted(ARCHS), default="qwen0.5b", help="model body (vocabulary 151,936, the toy one 8,192)")
     parser.add_argument("--steps", type=int, default=20, help="measured steps per recipe")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured steps first")
     parser.add_argument("--tokens-per-batch", type=int, default=24624, help="ours: padded-token budget of a batch")

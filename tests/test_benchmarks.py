@@ -1,9 +1,14 @@
-"""The training benchmark runs all three recipes end to end and counts useful tokens correctly."""
+"""The benchmarks run: the training benchmark runs all three recipes end to end and counts useful tokens
+correctly; the others run at toy size, the GPU check on a CPU with its own documented command."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
+import os
+import re
+import shlex
 import subprocess
 import sys
 
@@ -131,3 +136,66 @@ def test_faithfulness_check_plants_each_fault_and_compares_two_checkers(tmp_path
     # the references are their reports' numbers: no false positive
     untouched = report["untouched"]["after"]
     assert untouched["numbers"] == 8 and untouched["flagged"] == 0
+
+
+def gpu_check_cpu_command() -> list[str]:
+    """The CPU command benchmarks/gpu_check.py's docstring gives (continued lines joined, comment dropped)."""
+    doc = load_benchmark_doc("gpu_check")
+    joined = re.sub(r"\\\n\s*", " ", doc)
+    (line,) = [line for line in joined.splitlines() if "gpu_check.py --device cpu" in line]
+    words = shlex.split(re.split(r"\s{2,}#", line.strip())[0])
+    assert words[:2] == ["python", "benchmarks/gpu_check.py"]
+    return [sys.executable, str(REPO / words[1]), *words[2:]]
+
+
+def load_benchmark_doc(name: str) -> str:
+    import ast
+
+    return ast.get_docstring(ast.parse((REPO / "benchmarks" / f"{name}.py").read_text()))
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_on_cpu_at_toy_size(tmp_path):
+    """The GPU check's own CPU command (its docstring's), as CI runs it, so the day a GPU is lent it runs once."""
+    import torch
+    import transformers
+
+    out = tmp_path / "gpu_check.json"
+    command = gpu_check_cpu_command()
+    assert "--arch" in command and command[command.index("--arch") + 1] == "toy"
+    run = subprocess.run([*command, "--json", str(out)], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["environment"]["torch"] == torch.__version__
+    assert report["environment"]["transformers"] == transformers.__version__
+    assert report["environment"]["device"] == "cpu"
+    # nothing beyond torch, transformers and workflow/ was imported (the GPU image has no vLLM, no snakemake)
+    assert report["imported_not_there"] == []
+    assert report["checks"] and all(report["checks"].values()), report["checks"]
+
+    train = report["train"]
+    assert set(train) == {"paper", "ours", "ours_max", "ours_max_checkpointing"}
+    for name, row in train.items():
+        assert "error" not in row, (name, row)
+        assert row["steps"] == 1
+        assert math.isfinite(row["final_loss"]) and 0 < row["final_loss"] < 20, (name, row["final_loss"])
+        assert row["useful_tokens_per_s"] > 0 and row["seconds"] > 0 and row["peak_gib"] > 0
+    # the paper's recipe: one document (two sequences) a step; the max recipes: --max-rows rows of 2566 + 512
+    assert train["paper"]["rows_per_step"] == 2
+    assert train["ours_max"]["useful_tokens"] == train["ours_max_checkpointing"]["useful_tokens"] == 2 * 3078
+    # checkpointing recomputes, it does not change the loss of the same batch from the same weights
+    assert train["ours_max_checkpointing"]["final_loss"] == pytest.approx(train["ours_max"]["final_loss"], abs=1e-4)
+    assert report["ratio_ours_over_paper"] == pytest.approx(
+        train["ours"]["useful_tokens_per_s"] / train["paper"]["useful_tokens_per_s"])
+
+    losses = report["overfit"]["losses"]
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
+
+    inference = report["inference"]
+    assert inference["dtype"] == "float32" and inference["prompts"] == 2
+    assert inference["same_twice"] is True and inference["lengths_ok"] is True
+    assert 2 <= inference["generated_tokens"] <= 2 * 8
+    assert inference["generated_tokens_per_s"] > 0
+    assert "ours / paper useful tokens per second" in run.stdout
+    assert "peak for 2 max-length sequences (ours_max)" in run.stdout
