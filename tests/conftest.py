@@ -6,11 +6,16 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The workflow's rules run `python -m clinsum` and `snakemake`: the ones of the environment the tests run in
+# (as `make test` puts VENV/bin first on PATH), not whichever python is first on PATH, which may be another
+# environment with another transformers (`.venv/bin/python -m pytest` does not activate .venv).
+os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
