@@ -11,7 +11,8 @@ A workflow runs through `--profile profiles/slurm` until it finishes. Then:
 - sacct lists exactly one SLURM job per Snakemake job (the plugin's --comment names rule and wildcards),
   all COMPLETED with every step, named with this run's id, in the profile's partition and account;
 - the sbatch call the plugin logged for each job, and the job's ReqTRES in sacct, carry the job's own
-  resources: -t runtime, --mem mem_mb, --cpus-per-task threads, and --gpus exactly for the GPU rules.
+  resources (as the job's own SLURM log shows them): -t runtime, --mem mem_mb, --cpus-per-task threads, and
+  --gpus exactly for the GPU rules, with no --ntasks-per-gpu (SLURM refuses it beside --gpus here).
 Every daemon is stopped by PID afterwards (tests/slurm/stop.sh), whatever happened.
 
 The real workflow runs on config/tiny.yaml plus an overlay that turns its GPU requests on (teacher: 2
@@ -145,6 +146,36 @@ def parse_jobs(log: str) -> list[dict]:
     return jobs
 
 
+def job_key(job: dict) -> tuple:
+    return job["rule"], tuple(sorted(job["wildcards"].items()))
+
+
+def parse_submitted_jobs(log: str) -> list[dict]:
+    """The jobs submitted to SLURM, as each ran there. Plugin 2.8 prints each job's block in the main log, as
+    Snakemake does for local jobs; 2.6.1 (the one envs/cpu.lock holds: vLLM's mistral_common keeps numpy < 2.4,
+    which 2.7 and later refuse) prints none. So each job is read from its own SLURM log (kept with
+    --slurm-keep-successful-logs), named by Snakemake's 'Job N has been submitted with SLURM jobid M (log: ...)':
+    the block the job's Snakemake printed inside SLURM (rule, wildcards, threads, resources), checked against the
+    --target-jobs of the sbatch call that wrote that log."""
+    targets = {}
+    for call in parse_sbatch_calls(log).values():
+        wrap = shlex.split(call["--wrap"])
+        rule, _, spec = wrap[wrap.index("--target-jobs") + 1].partition(":")
+        targets[call["--output"]] = (rule, dict(item.split("=", 1) for item in spec.split(",")) if spec else {})
+    jobs = []
+    for jobid, slurm_id, path in re.findall(
+        r"^Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.*)\)\.$", log, flags=re.M
+    ):
+        target = targets.get(path.removesuffix(f"{slurm_id}.log") + "%j.log")
+        assert target, f"SLURM job {slurm_id} (log {path}) has no logged sbatch call"
+        blocks = [job for job in parse_jobs(Path(path).read_text()) if not job["local"]]
+        assert blocks, f"SLURM job {slurm_id}: its log {path} shows no job"
+        job = {**blocks[0], "jobid": int(jobid)}
+        assert (job["rule"], job["wildcards"]) == target, f"SLURM job {slurm_id} ran {job}, submitted as {target}"
+        jobs.append(job)
+    return jobs
+
+
 def slurm_comment(job: dict) -> str:
     """The --comment the plugin gives a job: rule_<rule>[_wildcards_<values joined by _>]."""
     comment = f"rule_{job['rule']}"
@@ -270,7 +301,7 @@ def run_on_slurm(cluster: dict, workdir: Path, args: list[str], profile: Path, t
         workdir,
         # a first status check 5 s after submission instead of 40 (each later one 10 s later than the last,
         # back to 5 s whenever a job finished); --verbose logs each sbatch call
-        [*args, *profile, "--slurm-init-seconds-before-status-checks", "5", "--verbose"],
+        [*args, *profile, "--slurm-init-seconds-before-status-checks", "5", "--verbose", "--slurm-keep-successful-logs"],
         env, workdir / "snakemake.log", timeout,
     )
     seconds = time.monotonic() - started
@@ -284,13 +315,11 @@ def run_on_slurm(cluster: dict, workdir: Path, args: list[str], profile: Path, t
 def check_slurm_run(log: str, planned: list[dict], env: dict) -> dict:
     """The checks of the module docstring on a finished run's log and the cluster's accounting."""
     run_id = re.search(r"^SLURM run ID: (\S+)$", log, flags=re.M)[1]
-    ran = parse_jobs(log)
+    # local jobs from Snakemake's own job blocks, SLURM jobs from their submissions (not every plugin prints blocks)
+    ran = [job for job in parse_jobs(log) if job["local"]] + parse_submitted_jobs(log)
 
     # every planned job ran, each once; only `all` locally
-    def key(job):
-        return job["rule"], tuple(sorted(job["wildcards"].items()))
-
-    assert Counter(map(key, ran)) == Counter(map(key, planned)), "the run's jobs differ from the dry run's"
+    assert Counter(map(job_key, ran)) == Counter(map(job_key, planned)), "the run's jobs differ from the dry run's"
     assert {job["rule"] for job in ran if job["local"]} <= LOCAL_RULES, "a job ran outside SLURM"
     remote = [job for job in ran if not job["local"]]
     comments = Counter(map(slurm_comment, remote))
@@ -329,6 +358,7 @@ def check_slurm_run(log: str, planned: list[dict], env: dict) -> dict:
         assert call["--mem"] == res["mem_mb"], what
         assert call["--cpus-per-task"] == str(job["threads"]), what
         assert call.get("--gpus") == expected_gpus(job) and "--gres" not in call, what
+        assert "--ntasks-per-gpu" not in call, what
         requested = tres(row["ReqTRES"])
         assert (requested["cpu"], requested["mem"]) == (str(job["threads"]), res["mem_mb"]), what
         gpus = int(res.get("gpu", 0))
