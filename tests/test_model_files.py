@@ -97,23 +97,9 @@ def test_the_shipped_bertscore_encoder_is_complete():
 
 
 # ---------------------------------------------------------------------------------------------
-# load_tokenizer: AutoTokenizer's tokenizer, without AutoTokenizer's imports or its false warning
+# load_tokenizer: AutoTokenizer's tokenizer, without AutoTokenizer's imports
 
-REGEX_WARNING = "incorrect regex pattern"
 TEXTS = ["Paciente de 45 años con dolor torácico.", "  Hb 7,2 g/dL\r\n<0.5 mg\t", "Patient: 3 × 750 mg/día."]
-
-
-@pytest.fixture
-def tokenizer_log():
-    """What transformers' tokenizer loading logs (its logger does not propagate to pytest's)."""
-    import io
-    import logging
-
-    stream, logger = io.StringIO(), logging.getLogger("transformers.tokenization_utils_base")
-    handler = logging.StreamHandler(stream)
-    logger.addHandler(handler)
-    yield stream
-    logger.removeHandler(handler)
 
 
 @pytest.mark.parametrize("which", ["qwen_dir", "tiny_dir"])
@@ -129,31 +115,3 @@ def test_load_tokenizer_is_autotokenizers_tokenizer(which, request):
     conversation = [{"role": "system", "content": "Resumir"}, {"role": "user", "content": TEXTS[0]}]
     assert ours.apply_chat_template(conversation, tokenize=False) == theirs.apply_chat_template(conversation, tokenize=False)
     assert ours.special_tokens_map == theirs.special_tokens_map
-
-
-def test_load_tokenizer_leaves_the_regex_warning_to_mistral_models(qwen_dir, tmp_path, tokenizer_log):
-    import shutil
-
-    import transformers
-
-    from clinsum.model_files import load_tokenizer
-
-    if not hasattr(transformers.PreTrainedTokenizerBase, "_patch_mistral_regex"):
-        pytest.skip("this transformers has no Mistral regex check")
-    # transformers warns for a local model saved by 4.57.3 to 4.x, whatever its family
-    qwen = shutil.copytree(qwen_dir, tmp_path / "qwen")
-    config = json.loads((qwen / "config.json").read_text())
-    (qwen / "config.json").write_text(json.dumps({**config, "transformers_version": "4.57.6"}))
-    mistral = shutil.copytree(qwen, tmp_path / "mistral")
-    (mistral / "config.json").write_text(json.dumps({**config, "transformers_version": "4.57.6", "model_type": "mistral"}))
-
-    transformers.AutoTokenizer.from_pretrained(qwen)
-    assert REGEX_WARNING in tokenizer_log.getvalue()  # the false positive: a Qwen2 tokenizer
-    tokenizer_log.truncate(0)
-    tokenizer = load_tokenizer(qwen)
-    assert REGEX_WARNING not in tokenizer_log.getvalue()
-    load_tokenizer(mistral)
-    assert REGEX_WARNING in tokenizer_log.getvalue()
-    # and the flag that silenced it is not saved as a setting of the tokenizer
-    tokenizer.save_pretrained(tmp_path / "saved")
-    assert "fix_mistral_regex" not in json.loads((tmp_path / "saved" / "tokenizer_config.json").read_text())

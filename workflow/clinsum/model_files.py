@@ -20,8 +20,6 @@ PURPOSES = ("generate", "encode")
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 # tokenizer files of transformers' fast, sentencepiece, byte-level BPE, WordPiece and tiktoken tokenizers
 TOKENIZER_FILES = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"), ("vocab.txt",))
-# the model types whose saved tokenizers transformers 4.57 may really need to patch (its own list)
-MISTRAL_TYPES = ("mistral", "mistral3", "voxtral", "ministral", "pixtral")
 # AutoTokenizer options that change which class it picks: with any of them, it picks
 AUTO_ONLY = {"use_fast", "tokenizer_type", "trust_remote_code", "gguf_file", "config"}
 
@@ -152,26 +150,17 @@ def _named_tokenizer_class(config: dict, model_type=None):
 
 
 def load_tokenizer(source: str | Path, **kwargs):
-    """AutoTokenizer.from_pretrained(source, **kwargs), the same tokenizer, with two differences for a local
-    directory: the class its tokenizer_config.json names is imported alone (AutoTokenizer imports every model
-    family first: a second per job), and transformers 4.57's warning that a tokenizer has "an incorrect regex
-    pattern", which it prints for every local model saved by transformers 4.57.3 to 4.x whatever its family, is
-    left to the Mistral families it is about."""
+    """AutoTokenizer.from_pretrained(source, **kwargs), the same tokenizer; for a local directory, the class its
+    tokenizer_config.json names is imported alone (AutoTokenizer imports every model family first: a second
+    per job)."""
     import transformers
 
     directory = Path(source)
     if not directory.is_dir() or AUTO_ONLY.intersection(kwargs):
         return transformers.AutoTokenizer.from_pretrained(source, **kwargs)
     model_type = _json_object(directory / "config.json").get("model_type")
-    silence = isinstance(model_type, str) and model_type not in MISTRAL_TYPES and "fix_mistral_regex" not in kwargs
-    silence = silence and hasattr(transformers.PreTrainedTokenizerBase, "_patch_mistral_regex")
-    if silence:
-        kwargs["fix_mistral_regex"] = False
     tokenizer_class = _named_tokenizer_class(_json_object(directory / "tokenizer_config.json"), model_type)
-    tokenizer = (tokenizer_class or transformers.AutoTokenizer).from_pretrained(source, **kwargs)
-    if silence:
-        tokenizer.init_kwargs.pop("fix_mistral_regex", None)  # not a setting of the tokenizer: not saved with it
-    return tokenizer
+    return (tokenizer_class or transformers.AutoTokenizer).from_pretrained(source, **kwargs)
 
 
 def freeze_lower_layers(model, trainable_layers: int | None, key: str = "train.trainable_layers") -> None:
