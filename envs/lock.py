@@ -20,7 +20,6 @@ where uv answers in seconds or names the conflict. Left out of the lock, on purp
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -73,9 +72,7 @@ def resolve(python: str, extra_args: list[str]) -> dict[str, str]:
         ]
         print("+", " ".join(command), file=sys.stderr)
         subprocess.run(command, check=True)
-        pins = read_lock(out)
-    for name in EXCLUDED:
-        pins.pop(name, None)
+        pins = read_lock(out)  # without EXCLUDED: --no-emit-package
     for pin in MODEL_PACKAGES:
         name, version = pin.split("==")
         pins[normalize(name)] = version

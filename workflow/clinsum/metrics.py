@@ -145,14 +145,11 @@ class _Encoder:
 
         from .model_files import load_tokenizer
 
-        prefix = {}
         self.tokenizer = load_tokenizer(model_path, use_fast=False)
         # bert-score encodes GPT-2 and RoBERTa byte-level BPE with a prefix space (its sent_encode)
         byte_level = tuple(getattr(transformers, name) for name in ("GPT2Tokenizer", "RobertaTokenizer") if hasattr(transformers, name))
         if isinstance(self.tokenizer, byte_level):
-            prefix = {"add_prefix_space": True}
-            self.tokenizer = load_tokenizer(model_path, use_fast=False, **prefix)
-        self.encode_options = prefix
+            self.tokenizer = load_tokenizer(model_path, use_fast=False, add_prefix_space=True)
         _restore_sentencepiece_normalizer(self.tokenizer, Path(model_path))
         limit = int(self.tokenizer.model_max_length)
         if max_tokens:

