@@ -22,6 +22,19 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "resources" / "sample"
 
 
+def load_script(path: Path, name: str):
+    """A script of this repository (benchmarks/, envs/) as a module, registered under `name` (as dataclasses
+    defined in it need)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_benchmark(name: str):
+    return load_script(REPO / "benchmarks" / f"{name}.py", name)
+
 
 def copy_checkout(dest: Path) -> Path:
     """The files a fresh clone has (tracked and untracked-not-ignored), nothing built."""

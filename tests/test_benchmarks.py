@@ -3,7 +3,6 @@ correctly; the others run at toy size, the GPU check on a CPU with its own docum
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -14,14 +13,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
-
-
-def load_benchmark(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import REPO, load_benchmark
 
 
 def run_train_benchmark(out, *args) -> subprocess.CompletedProcess:

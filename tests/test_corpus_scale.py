@@ -3,7 +3,6 @@ and measured in a process of its own, and the 15-language dry run timed cold and
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,16 +10,7 @@ import zipfile
 
 import pytest
 
-from conftest import REPO
-
-
-def load_benchmark(name: str):
-    """The benchmark script as a module (registered, as its dataclasses need)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from conftest import REPO, load_benchmark
 
 
 def run_benchmark(out, *args) -> subprocess.CompletedProcess:

@@ -12,8 +12,7 @@ import pytest
 from clinsum.io import read_json, read_jsonl
 from clinsum.synthetic import TABLE1
 
-from conftest import REPO
-from test_benchmarks import load_benchmark
+from conftest import REPO, load_benchmark
 
 
 def test_corpus_is_multiclinsum_shaped_and_complete(tmp_path):

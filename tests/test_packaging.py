@@ -75,14 +75,14 @@ def test_the_package_tree_has_every_stage():
 def test_the_wheel_holds_exactly_the_package_tree(wheel):
     with zipfile.ZipFile(wheel) as archive:
         listed = set(archive.namelist())
+        (info,) = {name.split("/")[0] for name in listed} - {"clinsum"}
+        entry_points = archive.read(f"{info}/entry_points.txt").decode()
     package_files = {name for name in listed if not name.split("/")[0].endswith(".dist-info")}
     missing = wheel_tree() - package_files
     extra = package_files - wheel_tree()
     assert not missing, f"the wheel lacks {sorted(missing)}"
     assert not extra, f"the wheel holds files the package tree does not: {sorted(extra)}"
-    (info,) = {name.split("/")[0] for name in listed} - {"clinsum"}
     assert info == "clinsum-0.1.0.dist-info"
-    entry_points = zipfile.ZipFile(wheel).read(f"{info}/entry_points.txt").decode()
     assert "clinsum = clinsum.cli:main" in entry_points
 
 
